@@ -1,0 +1,67 @@
+"""Build script: compiles ``lora_route._C`` from ``csrc/`` when a CUDA build of torch and nvcc are present.
+
+Without them (CPU-only torch, no nvcc, or ``LORA_ROUTE_BUILD_CUDA=0``) the pure-Python package installs and
+the Triton and torch backends serve every call. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures
+(default: Ampere 8.0/8.6 and Hopper 9.0).
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+PACKAGES = find_packages(include=["lora_route", "lora_route.*"]) + ["lora_route.triton_kernels"]
+PACKAGE_DIR = {"lora_route.triton_kernels": "triton_kernels"}
+DEFAULT_ARCH_LIST = "8.0;8.6;9.0"
+
+
+def _say(message):
+    print(f"lora_route setup: {message}", file=sys.stderr)
+
+
+def _cuda_build_reason():
+    """Return None when the CUDA extension can be built, else why it cannot."""
+    if os.environ.get("LORA_ROUTE_BUILD_CUDA", "auto") == "0":
+        return "LORA_ROUTE_BUILD_CUDA=0"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return "torch is not importable in the build environment"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
+        return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    if not glob.glob("csrc/*.cu"):
+        return "csrc/ holds no CUDA sources"
+    return None
+
+
+def _extensions():
+    reason = _cuda_build_reason()
+    if reason is not None:
+        if os.environ.get("LORA_ROUTE_BUILD_CUDA") == "1":
+            raise RuntimeError(f"LORA_ROUTE_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+        _say(f"installing the pure-Python package without lora_route._C ({reason})")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    _say(f"building lora_route._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    extension = CUDAExtension(
+        name="lora_route._C",
+        sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu")),
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"lora_route": ["resources/*", "resources/**/*"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
