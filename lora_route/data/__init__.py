@@ -1,0 +1,1 @@
+"""Data: prompt templates, parallel-corpus loaders, direction sampling and collation with loss masks."""
