@@ -375,3 +375,9 @@ def routed_linear(
     if not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     return _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend)
+
+
+def add_backends_command(subparsers) -> None:
+    """``lora-route backends``: print which backends this install can run."""
+    parser = subparsers.add_parser("backends", help="print which backends this install can run")
+    parser.set_defaults(func=lambda args: print(backends()))

@@ -1,0 +1,28 @@
+"""The ``lora-route`` console script: each subcommand is registered by the module that owns it."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, function): the function adds one subcommand to the parser and sets ``func`` on its namespace.
+SUBCOMMANDS = (
+    ("lora_route.ops", "add_backends_command"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-route", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name, function_name in SUBCOMMANDS:
+        getattr(importlib.import_module(module_name), function_name)(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Every input error of the public operation raises a clear exception naming the problem."""
+import pytest
+import torch
+
+import lora_route
+from lora_route import routed_linear, routed_lora_delta
+
+T, D_IN, D_OUT, R, N = 6, 8, 5, 2, 3
+
+
+def _args(dtype=torch.float32):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(T, D_IN, generator=generator, dtype=dtype)
+    A = torch.randn(N, R, D_IN, generator=generator, dtype=dtype)
+    B = torch.randn(N, D_OUT, R, generator=generator, dtype=dtype)
+    a_idx = torch.tensor([0, 1, 2, -1, 0, 1])
+    b_idx = torch.tensor([2, 1, 0, -1, 0, 1])
+    return x, A, B, a_idx, b_idx
+
+
+def test_a_with_wrong_d_in_names_shapes():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=r"A is \(3, 2, 7\) but x has d_in=8"):
+        routed_lora_delta(x, A[..., :7], B, a_idx, b_idx)
+
+
+def test_b_with_wrong_rank():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="B must be"):
+        routed_lora_delta(x, A, B[..., :1], a_idx, b_idx)
+
+
+def test_bank_of_wrong_rank_count():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=r"A must be \(n_a, r, d_in\)"):
+        routed_lora_delta(x, A[0], B, a_idx, b_idx)
+
+
+def test_core_shape_and_pairing():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=r"U must be \(n_u, 2, 2\)"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, U=torch.zeros(1, 3, 3), u_idx=torch.zeros(T, dtype=torch.long))
+    with pytest.raises(ValueError, match="U is given but u_idx is None"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, U=torch.zeros(1, R, R))
+    with pytest.raises(ValueError, match="u_idx is given but U is None"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, u_idx=torch.zeros(T, dtype=torch.long))
+
+
+def test_index_of_wrong_length():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="a_idx has 5 entries but the input has 6 rows"):
+        routed_lora_delta(x, A, B, a_idx[:5], b_idx)
+
+
+def test_index_of_wrong_dtype():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="b_idx must have dtype int32 or int64, got torch.float32"):
+        routed_lora_delta(x, A, B, a_idx, b_idx.float())
+
+
+def test_index_not_1d():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="a_idx must be 1-D"):
+        routed_lora_delta(x, A, B, a_idx.view(2, 3), b_idx)
+
+
+@pytest.mark.parametrize("bank,index_name", [("A", "a_idx"), ("B", "b_idx")])
+def test_index_beyond_bank(bank, index_name):
+    x, A, B, a_idx, b_idx = _args()
+    index = (a_idx if index_name == "a_idx" else b_idx).clone()
+    index[1] = N
+    kwargs = {"a_idx": index, "b_idx": b_idx} if index_name == "a_idx" else {"a_idx": a_idx, "b_idx": index}
+    with pytest.raises(ValueError, match=f"{index_name} holds {N} but the {bank} bank has {N} adapters"):
+        routed_lora_delta(x, A, B, **kwargs)
+
+
+def test_core_index_beyond_bank():
+    x, A, B, a_idx, b_idx = _args()
+    u_idx = torch.where(a_idx >= 0, 1, -1)
+    with pytest.raises(ValueError, match="u_idx holds 1 but the U bank has 1 cores"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, U=torch.zeros(1, R, R), u_idx=u_idx)
+
+
+def test_index_beyond_bank_through_a_plan():
+    x, A, B, a_idx, b_idx = _args()
+    b_idx = torch.where(a_idx >= 0, b_idx + 1, -1)
+    plan = lora_route.plan_routes(a_idx, b_idx)
+    with pytest.raises(ValueError, match="b_idx holds 3 but the B bank has 3 adapters"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
+
+
+def test_index_below_minus_one():
+    x, A, B, a_idx, b_idx = _args()
+    a_idx = a_idx.clone()
+    a_idx[0] = -2
+    with pytest.raises(ValueError, match="a_idx holds -2"):
+        routed_lora_delta(x, A, B, a_idx, b_idx)
+
+
+def test_inconsistent_minus_one():
+    x, A, B, a_idx, b_idx = _args()
+    b_idx = b_idx.clone()
+    b_idx[3] = 1
+    with pytest.raises(ValueError, match="row 3: a_idx is -1 but b_idx is 1"):
+        routed_lora_delta(x, A, B, a_idx, b_idx)
+
+
+def test_tensors_on_different_devices():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="B is on meta but x is on cpu"):
+        routed_lora_delta(x, A, B.to("meta"), a_idx, b_idx)
+    with pytest.raises(ValueError, match="a_idx is on meta but x is on cpu"):
+        routed_lora_delta(x, A, B, a_idx.to("meta"), b_idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64, torch.float8_e4m3fn])
+def test_unsupported_dtype(dtype):
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=f"x has dtype {dtype}; supported"):
+        routed_lora_delta(x.to(dtype), A.to(dtype), B.to(dtype), a_idx, b_idx)
+
+
+def test_mixed_dtypes():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="A has dtype torch.float16 but x has torch.float32"):
+        routed_lora_delta(x, A.half(), B, a_idx, b_idx)
+
+
+def test_scale_shape_and_dtype():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=r"scale must be a float, a 0-d tensor or \(6,\) per row"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, scale=torch.ones(T + 1))
+    with pytest.raises(ValueError, match="scale must be a floating-point tensor"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, scale=torch.ones(T, dtype=torch.long))
+    with pytest.raises(TypeError, match="scale must be a float or a tensor"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, scale="2")
+
+
+def test_weight_and_bias_shapes():
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match=r"weight is \(5, 7\) but must be \(d_out, d_in\) = \(5, 8\)"):
+        routed_linear(x, torch.zeros(D_OUT, D_IN - 1), None, A, B, a_idx, b_idx)
+    with pytest.raises(ValueError, match=r"bias is \(4,\) but must be \(d_out,\)"):
+        routed_linear(x, torch.zeros(D_OUT, D_IN), torch.zeros(D_OUT - 1), A, B, a_idx, b_idx)
+
+
+def test_plan_for_other_rows():
+    x, A, B, a_idx, b_idx = _args()
+    plan = lora_route.plan_routes(a_idx[:4], b_idx[:4])
+    with pytest.raises(ValueError, match="plan was built for 4 rows but x has 6"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
+
+
+def test_unknown_and_unavailable_backend(monkeypatch):
+    x, A, B, a_idx, b_idx = _args()
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, backend="fast")
+    with pytest.raises(ValueError, match="backend='cuda' cannot serve this call"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, backend="cuda")
+    monkeypatch.setenv("LORA_ROUTE_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        routed_lora_delta(x, A, B, a_idx, b_idx)
+
+
+def test_float64_on_triton_is_refused_by_name():
+    x, A, B, a_idx, b_idx = _args(torch.float64)
+    with pytest.raises(ValueError, match="backend='triton' cannot serve this call"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, backend="triton")
