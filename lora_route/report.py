@@ -1,0 +1,214 @@
+"""Writing evaluation reports: atomic JSON/JSONL/text files, N×N matrices, PNG heatmaps, markdown tables, and
+the ``lora-route compare RUN1 RUN2 ...`` command that prints several runs in the papers' table layout.
+
+A "run" is a folder holding ``metrics.json`` as written by ``EvaluationResult.save`` (or the path of that file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+# Groups and metrics of the papers' summary table, in column order.
+TABLE_GROUPS = (("en_centric", "En-centric"), ("non_english", "non-En-centric"), ("zero_shot", "zero-shot"),
+                ("all", "Average"))
+TABLE_METRICS = (("bleu", "BLEU"), ("chrf", "chrF++"), ("comet", "COMET"), ("off_target_rate", "off-tgt %"))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomic, pretty-printed UTF-8 JSON (NaN is refused: missing values must be ``null``)."""
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Atomic JSON-lines file, one record per line."""
+    return atomic_write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSON-lines file; a bad line raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such JSONL file: {path}")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def save_matrix_json(path: str | os.PathLike, matrix: Sequence[Sequence[float | None]], languages: Sequence[str],
+                     metric: str) -> Path:
+    """N×N matrix JSON: rows = source language, columns = target language, ``null`` where not evaluated."""
+    _check_matrix(matrix, languages)
+    return write_json(path, {"metric": metric, "rows": "source", "columns": "target",
+                             "languages": list(languages), "matrix": [list(row) for row in matrix]})
+
+
+def plot_heatmap(path: str | os.PathLike, matrix: Sequence[Sequence[float | None]], languages: Sequence[str],
+                 title: str) -> Path:
+    """PNG heatmap of an N×N direction matrix (source rows × target columns), values written in the cells."""
+    _check_matrix(matrix, languages)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("heatmaps need matplotlib: pip install 'lora_route[plot]'  or  pip install matplotlib") \
+            from err
+    import numpy as np
+
+    values = np.array([[math.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    n = len(languages)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis")
+    ax.set_xticks(range(n), labels=list(languages))
+    ax.set_yticks(range(n), labels=list(languages))
+    ax.set_xlabel("target")
+    ax.set_ylabel("source")
+    ax.set_title(title)
+    finite = values[np.isfinite(values)]
+    middle = float(finite.mean()) if finite.size else 0.0
+    for i in range(n):
+        for j in range(n):
+            if math.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center",
+                        color="black" if values[i, j] > middle else "white", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _check_matrix(matrix: Sequence[Sequence[float | None]], languages: Sequence[str]) -> None:
+    n = len(languages)
+    if n == 0:
+        raise ValueError("matrix needs at least one language")
+    if len(matrix) != n or any(len(row) != n for row in matrix):
+        raise ValueError(f"matrix must be {n}×{n} for languages {list(languages)}")
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{100.0 * value:.1f}" if metric == "off_target_rate" else f"{value:.2f}"
+
+
+def load_run(run: str | os.PathLike) -> dict:
+    """The metrics dict of a run folder (``<run>/metrics.json``) or of a metrics JSON file."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.json for run {run!s} (looked at {path})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg}") from err
+    if not isinstance(data, dict) or "groups" not in data or "directions" not in data:
+        raise ValueError(f"{path} is not an evaluation metrics file (needs 'groups' and 'directions')")
+    return data
+
+
+def summary_table(runs: Mapping[str, Mapping], metrics: Sequence[str] | None = None) -> str:
+    """Markdown table, one row per run: each group's averages (the papers' Table 1 layout).
+
+    runs: name -> metrics dict (``EvaluationResult.to_dict()``). Metrics that no run has are left out; groups
+    that no run has (e.g. zero-shot when nothing was held out) are left out.
+    """
+    if not runs:
+        raise ValueError("summary_table needs at least one run")
+    wanted = [m for m in TABLE_METRICS if metrics is None or m[0] in metrics]
+    present = [(key, label) for key, label in wanted
+               if any(g.get(key) is not None for r in runs.values() for g in r["groups"].values())]
+    groups = [(key, label) for key, label in TABLE_GROUPS
+              if any(r["groups"].get(key, {}).get("n_directions", 0) for r in runs.values())]
+    header = ["run"] + [f"{glabel} {mlabel}" for _, glabel in groups for _, mlabel in present]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, run in runs.items():
+        cells = [name]
+        for gkey, _ in groups:
+            group = run["groups"].get(gkey, {})
+            cells += [_fmt(group.get(mkey), mkey) for mkey, _ in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def direction_table(runs: Mapping[str, Mapping], metric: str = "bleu") -> str:
+    """Markdown table, one column per direction (``src→tgt``, ``*`` = zero-shot), one row per run."""
+    if not runs:
+        raise ValueError("direction_table needs at least one run")
+    keys: dict[str, bool] = {}
+    for run in runs.values():
+        for d in run["directions"]:
+            keys.setdefault(f"{d['src_lang']}→{d['tgt_lang']}", bool(d.get("zero_shot")))
+    header = ["run"] + [k + ("*" if zs else "") for k, zs in keys.items()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, run in runs.items():
+        by_key = {f"{d['src_lang']}→{d['tgt_lang']}": d for d in run["directions"]}
+        lines.append("| " + " | ".join([name] + [_fmt(by_key.get(k, {}).get(metric), metric) for k in keys]) + " |")
+    return "\n".join(lines)
+
+
+def _compare_main(args: argparse.Namespace) -> int:
+    runs = {}
+    for run in args.runs:
+        name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
+        if name in runs:
+            name = str(run)
+        runs[name] = load_run(run)
+    print(summary_table(runs))
+    if args.directions:
+        print()
+        print(direction_table(runs, metric=args.metric))
+    return 0
+
+
+def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``lora-route compare RUN1 RUN2 ...``: group averages of several runs in the papers' table layout."""
+    parser = subparsers.add_parser("compare", help="print several evaluation runs in the papers' table layout",
+                                   description=add_compare_command.__doc__)
+    parser.add_argument("runs", nargs="+", help="run folders holding metrics.json (or metrics JSON files)")
+    parser.add_argument("--directions", action="store_true", help="also print one column per direction")
+    parser.add_argument("--metric", default="bleu", choices=[m for m, _ in TABLE_METRICS],
+                        help="metric of the per-direction table (default: bleu)")
+    parser.set_defaults(func=_compare_main)
+    return parser
