@@ -9,6 +9,9 @@ Choices where the paper is vague:
   layer ``i``, so every one of the L decoder layers gets a score (the final norm is not a layer).
 * The activation of one forward pass is its (tokens × hidden) matrix; its L1 difference is divided by the pass's
   number of non-padding tokens, so long sentences do not dominate the mean. N counts sentences.
+* The forward pass is the source sentence inside the pair's prompt (which names both languages). A batch that also
+  carries ``labels`` (prompt + target, labels -100 on the prompt) is scored on its prompt positions only: in a
+  causal LM those hidden states do not depend on the target tokens, so this equals a prompt-only pass.
 * A teacher's top-L layers (L = number of student layers that get adapters) are paired with the student's layers in
   depth order (:func:`map_teacher_to_student`); :func:`project_layer_scores` spreads a ranking over a different
   number of layers by relative depth (for choosing which student layers to adapt).
@@ -44,7 +47,8 @@ def _hidden(value) -> Tensor:
 
 
 def layer_relevance(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> Tensor:
-    """R (num_layers,) float64 of eq. 1 over ``batches`` of ``input_ids`` (B, T) + ``attention_mask`` (B, T)."""
+    """R (num_layers,) float64 of eq. 1 over ``batches`` of ``input_ids`` (B, T), optional ``attention_mask`` (B, T)
+    and optional ``labels`` (B, T) (then only positions labelled -100, the prompt, count)."""
     layers = decoder_layers(model)
     count = len(layers)
     states: list[Tensor | None] = [None] * (count + 1)
@@ -69,9 +73,11 @@ def layer_relevance(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -
                 input_ids, mask = _check_batch(batch)
                 model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
                 weight = mask.to(device=device, dtype=torch.float64)
+                if batch.get("labels") is not None:  # prompt + target batches: score the prompt positions only
+                    weight = weight * (batch["labels"].to(device) == -100)
                 tokens = weight.sum(1)
                 if bool((tokens == 0).any()):
-                    raise ValueError("a sequence in the batch has no non-padding token")
+                    raise ValueError("a sequence in the batch has no non-padding (prompt) token")
                 for i in range(count):
                     diff = (states[i + 1].double() - states[i].double()).abs().sum(-1)  # (B, T)
                     total[i] += ((diff * weight).sum(1) / tokens).sum().cpu()
