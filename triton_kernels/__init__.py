@@ -1,0 +1,39 @@
+"""Triton backend of lora_route (installed as ``lora_route.triton_kernels``).
+
+``routed_forward`` / ``routed_backward`` (see :mod:`.routed_lora`) serve ``lora_route.ops``; ``available`` and
+``unsupported_reason`` tell the dispatcher when they can. On CPU the kernels run only under ``TRITON_INTERPRET=1``
+(set before triton is imported; meant for tests).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from .routed_lora import MAX_RANK, interpreting, routed_backward, routed_forward
+except ImportError:  # triton is not installed
+    MAX_RANK = 0
+    interpreting = routed_forward = routed_backward = None
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = ["available", "unsupported_reason", "routed_forward", "routed_backward", "MAX_RANK"]
+
+
+def available() -> bool:
+    """True when triton is importable and a CUDA device is present (or ``TRITON_INTERPRET=1``)."""
+    return routed_forward is not None and (torch.cuda.is_available() or interpreting())
+
+
+def unsupported_reason(x: torch.Tensor, rank: int | None = None) -> str | None:
+    """Why the Triton kernels cannot serve a call on ``x`` (with adapters of rank ``rank``); None when they can."""
+    if routed_forward is None:
+        return "triton is not installed"
+    if x.dtype not in KERNEL_DTYPES:
+        return f"Triton kernels take fp32/fp16/bf16 inputs, got {x.dtype}"
+    if rank is not None and rank > MAX_RANK:
+        return f"Triton kernels take ranks up to {MAX_RANK}, got r={rank}"
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu":
+        return None if interpreting() else "Triton kernels need a CUDA tensor (CPU only under TRITON_INTERPRET=1)"
+    return f"Triton kernels need a CUDA tensor, got a tensor on {x.device}"
