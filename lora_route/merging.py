@@ -1,4 +1,5 @@
-"""Merging of adapter updates ΔW = scale · B · A: TIES, DARE and linear merging (as seed 003's DATM uses them).
+"""Merging of adapter updates ΔW = scale · B · A: TIES, DARE and linear merging (as seed 003's DATM uses them), and
+DATM itself: group-wise merging of a dat model's XX→En adapters (:func:`datm_merge`, :func:`apply_merged`).
 
 Every function takes ``deltas``: a non-empty sequence of same-shape floating tensors (or one stacked tensor whose
 first dimension indexes the adapters), and returns one tensor of that shape. The work runs in float32 (float64
@@ -22,7 +23,8 @@ Choices where seed 003 (DAT/DATM) is silent — it only says "we adopt TIES" and
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +38,7 @@ DEFAULT_DROP_PROB = 0.8
 __all__ = [
     "MERGE_METHODS", "ties_merge", "dare_merge", "linear_merge", "merge_deltas",
     "trim_to_density", "elect_sign", "disjoint_mean", "dare_drop",
+    "MergedAdapters", "datm_groups", "datm_config", "datm_merge", "apply_merged",
 ]
 
 
@@ -211,3 +214,133 @@ def merge_deltas(
         merged = linear_merge(deltas, weights)
         return merged if scale == 1.0 else (merged * float(scale)).to(merged.dtype)
     raise ValueError(f"unknown merge method {method!r}; choose one of {MERGE_METHODS}")
+
+
+# --------------------------------------------------------------------------------------------- DATM (seed 003 §4.3)
+@dataclass
+class MergedAdapters:
+    """A merged DAT adapter set: the new ``config`` (method dat, fewer adapters), per routed module the factors
+    ``{adapter name: (A (r, d_in), B (d_out, r))}`` to load with :func:`lora_route.patch.init_from`, and a
+    JSON-safe ``report`` (groups, members, mean relative SVD truncation error per merged adapter)."""
+
+    config: Any
+    factors: dict[str, dict[str, tuple[Tensor, Tensor]]]
+    report: dict[str, Any]
+
+
+def datm_groups(config) -> dict[str, list[str]]:
+    """Merged adapter name ``"xx_en.<group>"`` → the XX→pivot adapter names of that group's source languages (in
+    language order), from a dat config's ``language_groups`` and routing table."""
+    if getattr(config, "method", None) != "dat":
+        raise ValueError(f"DATM merges the XX→{getattr(config, 'pivot', 'En')} adapters of a method='dat' model, "
+                         f"got method {getattr(config, 'method', None)!r}")
+    groups: dict[str, list[str]] = {}
+    for lang in config.languages:
+        key = f"{lang}-{config.pivot}"
+        if lang == config.pivot or key not in config.routing_table:
+            continue
+        members = groups.setdefault(f"xx_en.{config.language_groups[lang]}", [])
+        if config.routing_table[key] not in members:
+            members.append(config.routing_table[key])
+    if not groups:
+        raise ValueError("the dat config routes no XX→pivot direction; nothing to merge")
+    return groups
+
+
+def datm_config(config):
+    """The dat config after group-wise merging: every ``src-pivot`` direction routed to ``"xx_en.<group>"``."""
+    from .methods import RoutedLoRAConfig
+
+    datm_groups(config)
+    table = dict(config.routing_table)
+    for lang in config.languages:
+        key = f"{lang}-{config.pivot}"
+        if lang != config.pivot and key in table:
+            table[key] = f"xx_en.{config.language_groups[lang]}"
+    return RoutedLoRAConfig.from_dict({**config.to_dict(), "routing_table": table})
+
+
+def datm_merge(
+    model: torch.nn.Module,
+    *,
+    method: str = "ties",
+    weights: Mapping[str, float] | None = None,
+    density: float = DEFAULT_DENSITY,
+    drop_prob: float = DEFAULT_DROP_PROB,
+    seed: int = 0,
+    combine: str = "ties",
+    majority_sign: str = "total",
+    scale: float = 1.0,
+) -> MergedAdapters:
+    """DATM: merge a dat model's XX→En adapters group by group (TIES by default, seed 003) on ΔW.
+
+    ``weights``: source language → relative weight (default equal). Per routed module and group, the members'
+    ``ΔW = scaling · B · A`` are merged with :func:`merge_deltas` and factored back to the layer's rank r by SVD
+    (``scaling · B' · A'`` = rank-r truncation; the report gives the truncation error). A group with one member keeps
+    its adapter unchanged; En→XX adapters are copied unchanged. The result is served by the same kernels after
+    :func:`apply_merged` on a fresh base model.
+    """
+    from .analysis.svd_init import low_rank_factors
+    from .patch import routed_modules
+
+    config = getattr(model, "routed_lora_config", None)
+    if config is None:
+        raise ValueError("the model has no routed LoRA adapters (apply_routed_lora / load a dat checkpoint first)")
+    groups = datm_groups(config)
+    if method not in MERGE_METHODS:
+        raise ValueError(f"unknown merge method {method!r}; choose one of {MERGE_METHODS}")
+    merged_config = datm_config(config)
+    source_of = {config.routing_table[f"{lang}-{config.pivot}"]: lang for lang in config.languages
+                 if lang != config.pivot and f"{lang}-{config.pivot}" in config.routing_table}
+    if weights is not None:
+        unknown = sorted(set(weights) - set(source_of.values()))
+        if unknown:
+            raise ValueError(f"weights name language(s) {', '.join(unknown)} that have no XX→{config.pivot} adapter")
+    factors: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+    errors: dict[str, list[float]] = {name: [] for name in groups}
+    for module_index, (module_name, module) in enumerate(routed_modules(model).items()):
+        per_adapter: dict[str, tuple[Tensor, Tensor]] = {}
+        for adapter in merged_config.dat_adapters:
+            if adapter in groups:
+                continue
+            index = config.adapter_index(adapter)
+            per_adapter[adapter] = (module.lora_A[index].detach().clone(), module.lora_B[index].detach().clone())
+        for group_index, (name, members) in enumerate(groups.items()):
+            indices = [config.adapter_index(member) for member in members]
+            if len(indices) == 1:
+                per_adapter[name] = (module.lora_A[indices[0]].detach().clone(),
+                                     module.lora_B[indices[0]].detach().clone())
+                continue
+            with torch.no_grad():
+                deltas = [module.delta_weight([(i, i, -1)]).detach() for i in indices]
+            member_weights = None if weights is None else [float(weights.get(source_of[m], 1.0)) for m in members]
+            merged = merge_deltas(method, deltas, member_weights, density=density, drop_prob=drop_prob,
+                                  seed=seed + 7919 * module_index + group_index, combine=combine,
+                                  majority_sign=majority_sign, scale=scale)
+            b, a = low_rank_factors(merged, module.r, module.scaling)
+            per_adapter[name] = (a, b)
+            norm = float(merged.norm())
+            residual = float((merged - module.scaling * b @ a).norm())
+            errors[name].append(residual / norm if norm > 0 else 0.0)
+        factors[module_name] = per_adapter
+    report = {
+        "method": method,
+        "density": density if method == "ties" else None,
+        "drop_prob": drop_prob if method == "dare" else None,
+        "groups": groups,
+        "adapters_before": len(config.dat_adapters),
+        "adapters_after": len(merged_config.dat_adapters),
+        "svd_relative_error": {name: (sum(v) / len(v) if v else 0.0) for name, v in errors.items()},
+    }
+    return MergedAdapters(merged_config, factors, report)
+
+
+def apply_merged(base_model: torch.nn.Module, merged: MergedAdapters) -> torch.nn.Module:
+    """Patch an unpatched base model with the merged config and load the merged factors; returns the model."""
+    from .patch import apply_routed_lora, init_from
+
+    if not isinstance(merged, MergedAdapters):
+        raise TypeError(f"merged must be a MergedAdapters, got {type(merged).__name__}")
+    model = apply_routed_lora(base_model, merged.config)
+    init_from(model, merged.factors)
+    return model

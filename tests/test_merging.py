@@ -124,3 +124,72 @@ def test_linear_merge_default_mean_and_weights():
 def test_invalid_input_raises(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------------------ DATM on a model
+def _dat_model(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lora_route.methods import RoutedLoRAConfig
+    from lora_route.patch import apply_routed_lora
+
+    torch.manual_seed(seed)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2)).eval()
+    config = RoutedLoRAConfig(method="dat", languages=["en", "de", "is", "ru"], r=4, alpha=8.0, dropout=0.0,
+                              language_groups={"de": "g1", "is": "g1", "ru": "g3"})
+    return base, config, apply_routed_lora
+
+
+def test_datm_merges_group_members_with_ties_and_serves_with_the_same_kernels():
+    from lora_route.merging import apply_merged, datm_merge
+    from lora_route.patch import route, routed_modules
+
+    base, config, patch = _dat_model()
+    model = patch(base, config)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in routed_modules(model).values():
+            module.lora_A.copy_(torch.randn(module.lora_A.shape, generator=gen))
+            module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen) * 0.1)
+    merged = datm_merge(model, method="ties", density=0.5)
+    assert merged.report["groups"] == {"xx_en.g1": ["xx_en.de", "xx_en.is"], "xx_en.g3": ["xx_en.ru"]}
+    assert merged.report["adapters_before"] == 5 and merged.report["adapters_after"] == 4
+    assert merged.config.routing_table["is-en"] == "xx_en.g1" and merged.config.routing_table["en-is"] == "en_xx.g1"
+
+    fresh, _, _ = _dat_model()
+    merged_model = apply_merged(fresh, merged)
+    name = "model.layers.1.mlp.up_proj"
+    old, new = routed_modules(model)[name], routed_modules(merged_model)[name]
+    de, is_ = config.adapter_index("xx_en.de"), config.adapter_index("xx_en.is")
+    expected = ties_merge([old.delta_weight([(de, de, -1)]), old.delta_weight([(is_, is_, -1)])], density=0.5)
+    u, s, vh = torch.linalg.svd(expected.double())
+    best = (u[:, :4] * s[:4]) @ vh[:4]
+    g1 = merged.config.adapter_index("xx_en.g1")
+    assert torch.allclose(new.delta_weight([(g1, g1, -1)]).double(), best, atol=1e-5)
+
+    ids = torch.randint(3, 64, (4, 5), generator=gen)
+    with torch.no_grad():
+        with route(model, ["en", "en", "ru", "de"], ["de", "ru", "en", "en"]):
+            before = model(input_ids=ids).logits
+        with route(merged_model, ["en", "en", "ru", "de"], ["de", "ru", "en", "en"]):
+            after = merged_model(input_ids=ids).logits
+    # En→XX adapters and the one-member group are copied exactly; the merged de→en differs
+    assert torch.allclose(before[:3], after[:3], atol=1e-5)
+    assert not torch.allclose(before[3], after[3], atol=1e-4)
+
+
+def test_datm_rejects_other_methods_and_unknown_weights():
+    from lora_route.merging import datm_merge
+    from lora_route.methods import RoutedLoRAConfig
+
+    base, config, patch = _dat_model()
+    model = patch(base, config)
+    with pytest.raises(ValueError, match="weights name"):
+        datm_merge(model, weights={"fr": 1.0})
+    with pytest.raises(ValueError, match="unknown merge method"):
+        datm_merge(model, method="slerp")
+    base2, _, _ = _dat_model()
+    lora = patch(base2, RoutedLoRAConfig(method="lora", languages=["en", "de"], r=2))
+    with pytest.raises(ValueError, match="method='dat'"):
+        datm_merge(lora)
