@@ -61,6 +61,7 @@ CPU_CASES = [
     Case(37, 127, 127, 16, 6, 6, 2, "zipf", "scalar", lead=(37,), use_plan=False),
     Case(45, 33, 127, 1, 3, 4, 0, "mixed", "row"),
     Case(29, 127, 65, 8, 1, 1, 0, "mixed", "float"),
+    Case(20, 33, 65, 128, 2, 3, 2, "mixed", "row"),  # the largest rank the Triton kernels take (MAX_RANK)
 ]
 
 GPU_CASES = [
@@ -332,3 +333,39 @@ def test_triton_rejects_a_rank_above_its_tile():
     plan = plan_routes(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=f"r <= {kernels.MAX_RANK}"):
         kernels.routed_forward(x, A, B, None, None, 1.0, plan, torch.zeros(2, 3))
+
+
+def test_triton_rejects_an_output_it_cannot_accumulate_into():
+    kernels = _triton_kernels()
+    x, A, B = torch.zeros(2, 4), torch.zeros(1, 8, 4), torch.zeros(1, 3, 8)
+    plan = plan_routes(torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(2, ...\) tensor"):
+        kernels.routed_forward(x, A, B, None, None, 1.0, plan, torch.zeros(3, 2).t())
+
+
+@pytest.mark.parametrize("needs", [(True,) * 5, (False, False, True, False, False), (False, False, False, False, True),
+                                   (True, False, False, True, False), (False, True, False, False, False)],
+                         ids=lambda n: "".join("1" if x else "0" for x in n))
+def test_triton_backend_contract_matches_segment_reference(needs):
+    """The backend functions themselves (float scale and row scale together, subsets of ``needs``) against the
+    torch backend's segment functions, which ops.py only reaches with one of the two scales set."""
+    kernels = _triton_kernels()
+    case = Case(40, 33, 65, 8, 4, 3, 2, "mixed", "row")
+    data = _make_inputs(case, torch.float32, "cpu", seed=4)
+    leaves, idx = data["leaves"], data["indices"]
+    x, A, B, U, row_scale = (leaves[name] for name in ("x", "A", "B", "U", "scale"))
+    plan = plan_routes(idx["a_idx"], idx["b_idx"], idx["u_idx"])
+    base = torch.randn(case.rows, case.d_out)
+    out = base.clone()
+    z = kernels.routed_forward(x, A, B, U, row_scale, 0.7, plan, out)
+    delta, z_ref = reference.segment_forward(x, A, B, U, row_scale, 0.7, plan.segments())
+    active = idx["a_idx"] >= 0
+    torch.testing.assert_close(out, base + delta, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z[active], z_ref[active], rtol=1e-5, atol=1e-5)
+    grads = kernels.routed_backward(data["grad_out"], x, z, A, B, U, row_scale, 0.7, plan, needs)
+    ref_grads = reference.segment_backward(data["grad_out"], x, z_ref, A, B, U, row_scale, 0.7, plan.segments(), needs)
+    for name, got, expected in zip(("dx", "dA", "dB", "dU", "d_row_scale"), grads, ref_grads):
+        if expected is None:
+            assert got is None, f"{name} was not asked for"
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")

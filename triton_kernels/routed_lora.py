@@ -35,9 +35,9 @@ from lora_route.plan import RoutePlan
 MAX_RANK = 128  # the rank is held whole in one register tile (needed to fuse the core U)
 MIN_DOT_EXTENT = 16  # tl.dot needs every block extent >= 16
 BLOCK_M_MAX = 64  # rows per row tile
-BLOCK_K = 64  # reduction chunk over d_in (shrink) or d_out (grad shrink)
+BLOCK_K = 64  # reduction chunk over d_in (shrink) or d_out (grad shrink); 32 once the padded rank is 128
 BLOCK_N = 128  # output columns per program (expand, dx, bank gradients)
-NUM_WARPS = 4
+NUM_WARPS = 4  # 8 once the padded rank reaches 128 (rank-space tiles of 64 x 128 fp32)
 ROUTE_A, ROUTE_U, ROUTE_B = 0, 1, 2  # columns of RoutePlan.segment_routes
 
 
@@ -242,10 +242,12 @@ def _upcast_dots(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
 
-def _block_sizes(num_rows: int, rank: int) -> tuple[int, int]:
-    """``(BLOCK_M, BLOCK_R)``: row-tile height (smaller for decode-sized batches) and the padded rank."""
+def _block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_K, BLOCK_R)``: row-tile height (smaller for decode-sized batches), reduction chunk and the
+    padded rank."""
     block_m = min(BLOCK_M_MAX, max(MIN_DOT_EXTENT, triton.next_power_of_2(num_rows)))
-    return block_m, max(MIN_DOT_EXTENT, triton.next_power_of_2(rank))
+    block_r = max(MIN_DOT_EXTENT, triton.next_power_of_2(rank))
+    return block_m, BLOCK_K if block_r < 128 else BLOCK_K // 2, block_r
 
 
 def _row_tiles(plan: RoutePlan, block_m: int, num_routes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,10 +280,31 @@ def _bank_rows(plan: RoutePlan, column: int, bank_size: int) -> tuple[torch.Tens
     return plan.row_order[order], torch.searchsorted(sorted_key, bank_ids)
 
 
-def _check_rank(rank: int) -> None:
+def _num_warps(block_r: int) -> int:
+    return NUM_WARPS * 2 if block_r >= 128 else NUM_WARPS
+
+
+def _check_operands(x, A, B, U, row_scale, **row_major) -> None:
+    """Raise ValueError unless the operands have the shapes of the operation and the kernels' memory layout
+    (contiguous, one device); ``row_major`` names further (T, ...) tensors addressed as contiguous rows."""
+    num_rows, d_in = x.shape
+    rank = A.shape[1]
     if rank > MAX_RANK:
         raise ValueError(f"the Triton kernels hold the rank in one tile and take r <= {MAX_RANK}, got r={rank}; "
                          "use backend='torch' or 'cuda' for larger ranks")
+    if A.shape[2] != d_in or B.shape[2] != rank or (U is not None and U.shape[1:] != (rank, rank)):
+        raise ValueError(f"bank shapes disagree: x {tuple(x.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, "
+                         f"U {tuple(U.shape) if U is not None else None}")
+    named = {"x": x, "A": A, "B": B, "U": U, "row_scale": row_scale, **row_major}
+    for name, tensor in named.items():
+        if tensor is None:
+            continue
+        if tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+        if name in row_major and (tensor.shape[0] != num_rows or not tensor.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous ({num_rows}, ...) tensor, got shape {tuple(tensor.shape)}")
+        if name in ("x", "A", "B", "U") and not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous for the Triton kernels")
 
 
 def _num_routes(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor | None) -> int:
@@ -294,20 +317,21 @@ def routed_forward(x, A, B, U, row_scale, scale, plan: RoutePlan, out):
     x: (T, d_in); A: (n_a, r, d_in); B: (n_b, d_out, r); U: (n_u, r, r) or None; row_scale: (T,) or None;
     scale: float. Rows without adapter keep ``out`` bit for bit and get z = 0. Two launches.
     """
+    _check_operands(x, A, B, U, row_scale, out=out)
     num_rows, d_in = x.shape
     rank, d_out = A.shape[1], B.shape[1]
-    _check_rank(rank)
     z = torch.zeros((num_rows, rank), dtype=x.dtype, device=x.device)
     if num_rows == 0 or rank == 0:
         return z
-    block_m, block_r = _block_sizes(num_rows, rank)
+    block_m, block_k, block_r = _block_sizes(num_rows, rank)
     tile_segment, tile_start = _row_tiles(plan, block_m, _num_routes(A, B, U))
     plan_args = (plan.row_order, plan.segment_starts, plan.segment_routes, tile_segment, tile_start)
     zc = torch.empty((num_rows, rank), dtype=torch.float32, device=x.device)
     num_tiles = tile_segment.shape[0]
     _shrink_kernel[(num_tiles,)](
         x, A, U if U is not None else A, z, zc, *plan_args, d_in, rank,
-        HAS_U=U is not None, UPCAST=_upcast_dots(x.dtype), BLOCK_M=block_m, BLOCK_K=BLOCK_K, BLOCK_R=block_r, num_warps=NUM_WARPS,
+        HAS_U=U is not None, UPCAST=_upcast_dots(x.dtype),
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, num_warps=_num_warps(block_r),
     )
     if d_out > 0:
         row_scale = row_scale.contiguous() if row_scale is not None else None
@@ -315,7 +339,7 @@ def routed_forward(x, A, B, U, row_scale, scale, plan: RoutePlan, out):
             zc, B, out, row_scale if row_scale is not None else zc, float(scale), *plan_args,
             d_out, rank, B.stride(0), B.stride(1), B.stride(2),
             ROUTE_COLUMN=ROUTE_B, HAS_ROW_SCALE=row_scale is not None, UPCAST=_upcast_dots(x.dtype),
-            BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_R=block_r, num_warps=NUM_WARPS,
+            BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_R=block_r, num_warps=_num_warps(block_r),
         )
     return z
 
@@ -330,12 +354,13 @@ def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, tr
         return grad
     bank_rows, bank_starts = _bank_rows(plan, column, bank_size)
     strides = (grad.stride(0), grad.stride(2), grad.stride(1)) if transpose_out else grad.stride()
-    block_m, _ = _block_sizes(plan.num_rows, 1)
+    block_m = _block_sizes(plan.num_rows, 1)[0]
     block_n = min(BLOCK_N, max(MIN_DOT_EXTENT, triton.next_power_of_2(n_cols)))
     _bank_grad_kernel[(bank_size, triton.cdiv(n_cols, block_n))](
         small, big, grad, row_scale if row_scale is not None else small, float(scale), bank_rows, bank_starts,
         n_cols, small.shape[1], *strides,
-        HAS_ROW_SCALE=row_scale is not None, UPCAST=_upcast_dots(big.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=NUM_WARPS,
+        HAS_ROW_SCALE=row_scale is not None, UPCAST=_upcast_dots(big.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=_num_warps(block_r),
     )
     return grad
 
@@ -349,16 +374,16 @@ def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan: RoutePlan, 
     need_dx, need_dA, need_dB, need_dU, need_ds = (bool(n) for n in needs)
     need_dU = need_dU and U is not None
     need_ds = need_ds and row_scale is not None
+    _check_operands(x, A, B, U, row_scale, grad_out=grad_out, z=z)
     num_rows, d_in = x.shape
     rank, d_out = A.shape[1], B.shape[1]
-    _check_rank(rank)
     dx = torch.zeros_like(x) if need_dx else None
     d_row_scale = torch.zeros((num_rows,), dtype=row_scale.dtype, device=x.device) if need_ds else None
     if num_rows == 0 or rank == 0 or not (need_dx or need_dA or need_dB or need_dU or need_ds):
         return (dx, torch.zeros_like(A) if need_dA else None, torch.zeros_like(B) if need_dB else None,
                 torch.zeros_like(U) if need_dU else None, d_row_scale)
     row_scale = row_scale.contiguous() if row_scale is not None else None
-    block_m, block_r = _block_sizes(num_rows, rank)
+    block_m, block_k, block_r = _block_sizes(num_rows, rank)
     tile_segment, tile_start = _row_tiles(plan, block_m, _num_routes(A, B, U))
     plan_args = (plan.row_order, plan.segment_starts, plan.segment_routes, tile_segment, tile_start)
     num_tiles = tile_segment.shape[0]
@@ -369,15 +394,16 @@ def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan: RoutePlan, 
         zc, h, k, d_row_scale if d_row_scale is not None else zc, *plan_args, d_out, rank,
         HAS_U=U is not None, HAS_ROW_SCALE=row_scale is not None, STORE_ZC=need_dB, STORE_H=need_dU,
         STORE_K=need_dx or need_dA, STORE_D_ROW_SCALE=need_ds, UPCAST=_upcast_dots(x.dtype),
-        BLOCK_M=block_m, BLOCK_K=BLOCK_K, BLOCK_R=block_r, num_warps=NUM_WARPS,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, num_warps=_num_warps(block_r),
     )
     if need_dx and d_in > 0:
         _expand_kernel[(num_tiles, triton.cdiv(d_in, BLOCK_N))](
             k, A, dx, zc, 1.0, *plan_args, d_in, rank, A.stride(0), A.stride(2), A.stride(1),
             ROUTE_COLUMN=ROUTE_A, HAS_ROW_SCALE=False, UPCAST=_upcast_dots(x.dtype),
-            BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_R=block_r, num_warps=NUM_WARPS,
+            BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_R=block_r, num_warps=_num_warps(block_r),
         )
     dA = _bank_grad(k, x, None, 1.0, plan, ROUTE_A, A.shape, A.dtype, False, block_r) if need_dA else None
-    dB = _bank_grad(zc, grad_out, row_scale, scale, plan, ROUTE_B, B.shape, B.dtype, True, block_r) if need_dB else None
+    dB = (_bank_grad(zc, grad_out, row_scale, scale, plan, ROUTE_B, B.shape, B.dtype, True, block_r)
+          if need_dB else None)
     dU = _bank_grad(h, z, None, 1.0, plan, ROUTE_U, U.shape, U.dtype, False, block_r) if need_dU else None
     return dx, dA, dB, dU, d_row_scale
