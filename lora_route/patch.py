@@ -135,18 +135,9 @@ def _matches(name: str, target_modules: tuple[str, ...] | str) -> bool:
     return any(name == target or name.endswith("." + target) for target in target_modules)
 
 
-def apply_routed_lora(model: nn.Module, config: RoutedLoRAConfig) -> nn.Module:
-    """Wrap the targeted linear layers of ``model`` in place, freeze everything else, return ``model``.
-
-    The config is stored as ``model.routed_lora_config``. Raises ValueError when no module matches, a matched
-    module is not an ``nn.Linear``, ``config.layers`` names a layer the model lacks, or the model is already patched.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(config, RoutedLoRAConfig):
-        raise TypeError(f"config must be a RoutedLoRAConfig, got {type(config).__name__}")
-    if getattr(model, _STATE_ATTR, None) is not None:
-        raise ValueError("model is already patched with routed LoRA adapters")
+def find_targets(model: nn.Module, config: RoutedLoRAConfig) -> list[tuple[str, int | None]]:
+    """``(module name, decoder-layer index)`` of every linear layer ``config`` patches in ``model`` (raises like
+    :func:`apply_routed_lora` when nothing matches, a match is not an ``nn.Linear`` or a listed layer is missing)."""
     targets, seen_layers = [], set()
     for name, module in model.named_modules():
         if not name or not _matches(name, config.target_modules):
@@ -165,6 +156,22 @@ def apply_routed_lora(model: nn.Module, config: RoutedLoRAConfig) -> nn.Module:
         if missing:
             raise ValueError(f"config.{name} names layer(s) {missing} but the target modules exist only in layers "
                              f"{sorted(i for i in seen_layers if i is not None)}")
+    return targets
+
+
+def apply_routed_lora(model: nn.Module, config: RoutedLoRAConfig) -> nn.Module:
+    """Wrap the targeted linear layers of ``model`` in place, freeze everything else, return ``model``.
+
+    The config is stored as ``model.routed_lora_config``. Raises ValueError when no module matches, a matched
+    module is not an ``nn.Linear``, ``config.layers`` names a layer the model lacks, or the model is already patched.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, RoutedLoRAConfig):
+        raise TypeError(f"config must be a RoutedLoRAConfig, got {type(config).__name__}")
+    if getattr(model, _STATE_ATTR, None) is not None:
+        raise ValueError("model is already patched with routed LoRA adapters")
+    targets = find_targets(model, config)
     for param in model.parameters():
         param.requires_grad_(False)
     state = RoutingState(config)
