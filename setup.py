@@ -1,8 +1,9 @@
 """Build script: compiles ``lora_route._C`` from ``csrc/`` when a CUDA build of torch and nvcc are present.
 
 Without them (CPU-only torch, no nvcc, or ``LORA_ROUTE_BUILD_CUDA=0``) the pure-Python package installs and
-the Triton and torch backends serve every call. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures
-(default: Ampere 8.0/8.6 and Hopper 9.0).
+the Triton and torch backends serve every call. ``LORA_ROUTE_BUILD_CUDA=1`` makes a missing toolchain an error
+instead. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default: Ampere 8.0/8.6 and Hopper 9.0; 8.0 or
+newer, the kernels use bf16 tensor cores); ``MAX_JOBS`` caps the parallel compile jobs of ninja.
 """
 import glob
 import os
@@ -33,9 +34,29 @@ def _cuda_build_reason():
         return f"torch {torch.__version__} is a CPU-only build"
     if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
         return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    if not glob.glob(os.path.join(CUDA_HOME, "lib*", "libcudart.so*")):
+        return (f"CUDA_HOME={CUDA_HOME} holds no lib64/libcudart.so "
+                "(set CUDA_HOME to the toolkit root, e.g. /usr/local/cuda)")
     if not glob.glob("csrc/*.cu"):
         return "csrc/ holds no CUDA sources"
     return None
+
+
+def _arch_list():
+    """``TORCH_CUDA_ARCH_LIST`` (default :data:`DEFAULT_ARCH_LIST`); raises on a numeric entry older than 8.0."""
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    for entry in arch_list.replace(";", " ").split():
+        number = entry.removesuffix("+PTX")
+        try:
+            too_old = float(number) < 8.0
+        except ValueError:
+            continue
+        if too_old:
+            raise RuntimeError(
+                f"TORCH_CUDA_ARCH_LIST={arch_list!r} names compute capability {number}; lora_route._C needs 8.0 or "
+                "newer (bf16 tensor cores)"
+            )
+    return arch_list
 
 
 def _extensions():
@@ -47,12 +68,13 @@ def _extensions():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
     _say(f"building lora_route._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     extension = CUDAExtension(
         name="lora_route._C",
         sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu")),
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+        depends=glob.glob("csrc/*.h"),
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
