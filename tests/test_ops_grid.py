@@ -369,3 +369,30 @@ def test_triton_backend_contract_matches_segment_reference(needs):
             assert got is None, f"{name} was not asked for"
         else:
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_plan_derived_tiles_are_cached_per_plan_and_rederived_after_an_update():
+    import gc
+
+    kernels = _triton_kernels()
+    a_idx = torch.tensor([2, 0, -1, 2, 1, 0, 2])
+    plan = plan_routes(a_idx)
+    build_count = []
+
+    def build():
+        build_count.append(1)
+        return kernels._row_tiles(plan, 16, 9)
+
+    first = kernels._derived(plan, ("tiles", 16, 9), build)
+    assert kernels._derived(plan, ("tiles", 16, 9), build) is first and len(build_count) == 1
+    plan.segment_routes.add_(0)  # an in-place update bumps the version: derived data is rebuilt
+    kernels._derived(plan, ("tiles", 16, 9), build)
+    assert len(build_count) == 2
+    with torch.inference_mode():
+        inference_plan = plan_routes(a_idx)
+        tiles = kernels._derived(inference_plan, ("tiles", 16, 9), lambda: kernels._row_tiles(inference_plan, 16, 9))
+    assert torch.equal(tiles[0], first[0]) and torch.equal(tiles[1], first[1])
+    before = len(kernels._PLAN_DERIVED)
+    del plan, inference_plan, tiles, first, build
+    gc.collect()
+    assert len(kernels._PLAN_DERIVED) <= before - 2

@@ -24,6 +24,7 @@ which limits the rank to ``MAX_RANK``.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import triton
@@ -250,6 +251,31 @@ def _block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
     return block_m, BLOCK_K if block_r < 128 else BLOCK_K // 2, block_r
 
 
+# Tile lists and bank row orders derived from a plan, kept while the plan's tensors live (one plan serves every layer
+# of a model forward and its backward). Keyed by the plan's segment_starts tensor and the versions of its tensors
+# (an in-place update re-derives; inference tensors carry no version); bypassed while a CUDA graph is being captured
+# so that the graph records the derivation.
+_PLAN_DERIVED: dict[int, dict] = {}
+
+
+def _derived(plan: RoutePlan, key: tuple, build):
+    """``build()``, cached per plan under ``key``."""
+    starts = plan.segment_starts
+    if starts.is_cuda and torch.cuda.is_current_stream_capturing():
+        return build()
+    versions = tuple(-1 if t.is_inference() else t._version for t in plan.tensors())
+    entry = _PLAN_DERIVED.get(id(starts))
+    if entry is None or entry["starts"]() is not starts or entry["versions"] != versions \
+            or entry["row_order"] is not plan.row_order:
+        if entry is None or entry["starts"]() is not starts:
+            weakref.finalize(starts, _PLAN_DERIVED.pop, id(starts), None)
+        entry = {"starts": weakref.ref(starts), "versions": versions, "row_order": plan.row_order}
+        _PLAN_DERIVED[id(starts)] = entry
+    if key not in entry:
+        entry[key] = build()
+    return entry[key]
+
+
 def _row_tiles(plan: RoutePlan, block_m: int, num_routes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tile_segment, tile_start)``: segment id (-1 = no tile) and first sorted position of every row tile.
 
@@ -324,7 +350,9 @@ def routed_forward(x, A, B, U, row_scale, scale, plan: RoutePlan, out):
     if num_rows == 0 or rank == 0:
         return z
     block_m, block_k, block_r = _block_sizes(num_rows, rank)
-    tile_segment, tile_start = _row_tiles(plan, block_m, _num_routes(A, B, U))
+    num_routes = _num_routes(A, B, U)
+    tile_segment, tile_start = _derived(plan, ("tiles", block_m, num_routes),
+                                        lambda: _row_tiles(plan, block_m, num_routes))
     plan_args = (plan.row_order, plan.segment_starts, plan.segment_routes, tile_segment, tile_start)
     zc = torch.empty((num_rows, rank), dtype=torch.float32, device=x.device)
     num_tiles = tile_segment.shape[0]
@@ -352,7 +380,7 @@ def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, tr
     grad = torch.empty(bank_shape, dtype=dtype, device=big.device)
     if grad.numel() == 0:
         return grad
-    bank_rows, bank_starts = _bank_rows(plan, column, bank_size)
+    bank_rows, bank_starts = _derived(plan, ("bank", column, bank_size), lambda: _bank_rows(plan, column, bank_size))
     strides = (grad.stride(0), grad.stride(2), grad.stride(1)) if transpose_out else grad.stride()
     block_m = _block_sizes(plan.num_rows, 1)[0]
     block_n = min(BLOCK_N, max(MIN_DOT_EXTENT, triton.next_power_of_2(n_cols)))
@@ -384,7 +412,9 @@ def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan: RoutePlan, 
                 torch.zeros_like(U) if need_dU else None, d_row_scale)
     row_scale = row_scale.contiguous() if row_scale is not None else None
     block_m, block_k, block_r = _block_sizes(num_rows, rank)
-    tile_segment, tile_start = _row_tiles(plan, block_m, _num_routes(A, B, U))
+    num_routes = _num_routes(A, B, U)
+    tile_segment, tile_start = _derived(plan, ("tiles", block_m, num_routes),
+                                        lambda: _row_tiles(plan, block_m, num_routes))
     plan_args = (plan.row_order, plan.segment_starts, plan.segment_routes, tile_segment, tile_start)
     num_tiles = tile_segment.shape[0]
     workspace = torch.empty((3, num_rows, rank), dtype=torch.float32, device=x.device)
