@@ -8,6 +8,10 @@ import sys
 # (module, function): the function adds one subcommand to the parser and sets ``func`` on its namespace.
 SUBCOMMANDS = (
     ("lora_route.ops", "add_backends_command"),
+    ("lora_route.params", "add_params_command"),
+    ("lora_route.bench", "add_bench_command"),
+    ("lora_route.report", "add_compare_command"),
+    ("lora_route.merging", "add_merge_command"),
 )
 
 
