@@ -79,6 +79,8 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
     else:
         gather = kernel == "gather"
     module, _ = _extension()
+    if row_scale is not None:
+        row_scale = row_scale.contiguous()  # a 0-d scale reaches here expanded to (T,) with stride 0
     row_order, segment_starts, segment_routes, _ = plan.tensors()
     return module.routed_forward(x, A, B, U, row_scale, float(scale), row_order, segment_starts, segment_routes,
                                  out, gather)

@@ -11,7 +11,7 @@ import importlib.util
 import pytest
 import torch
 
-from lora_route import cuda_backend, plan_routes, reference
+from lora_route import cuda_backend, plan_routes, reference, routed_lora_delta
 
 BUILT = importlib.util.find_spec("lora_route._C") is not None
 needs_extension = pytest.mark.skipif(not BUILT, reason="lora_route._C was not built in this install")
@@ -203,6 +203,27 @@ def test_forward_is_deterministic(kernel):
     _, _, first_out, first_z = _run_forward(case, torch.bfloat16, kernel, seed=7)
     _, _, second_out, second_z = _run_forward(case, torch.bfloat16, kernel, seed=7)
     assert torch.equal(first_out, second_out) and torch.equal(first_z, second_z)
+
+
+@pytest.mark.cuda
+@needs_gpu_backend
+@pytest.mark.parametrize("rows", [16, 600])
+def test_public_op_with_a_0d_scale_tensor_matches_torch_backend(rows):
+    # ops expands a 0-d scale to a stride-0 (T,) row_scale; the extension needs it contiguous
+    t = _tensors(rows, 257, 129, 8, 3, 3, 0, torch.float32, "cuda", seed=11)
+    a_idx, b_idx = _routes(rows, 3, 3, 0, seed=12)[:2]
+    scale = torch.tensor(0.75, device="cuda", requires_grad=True)
+    outs, grads = [], []
+    for backend in ("cuda", "torch"):
+        x = t["x"].clone().requires_grad_(True)
+        out = routed_lora_delta(x, t["A"], t["B"], a_idx.cuda(), b_idx.cuda(), scale=scale, backend=backend)
+        out.backward(t["grad_out"])
+        outs.append(out.detach())
+        grads.append((x.grad, scale.grad.clone()))
+        scale.grad = None
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads[0], grads[1]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.cuda
