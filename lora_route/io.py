@@ -29,7 +29,7 @@ from torch import nn
 
 from .methods import RoutedLoRAConfig
 from .patch import (apply_routed_lora, direction_routes, find_targets, merged_direction, routed_modules,
-                    set_merged_direction)
+                    set_merged_direction, unwrap)
 from .routing import direction_key
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -138,6 +138,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the model's adapters into folder ``path`` (created if needed); returns the folder."""
     config = _patched_config(model)
+    model = unwrap(model)
     folder = Path(path)
     tensors = adapter_state_dict(model)
     weights = folder / WEIGHTS_NAME
@@ -175,6 +176,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     folder = Path(path)
     data = read_adapter_config(folder)
     config = RoutedLoRAConfig.from_dict(data["config"])
+    wrapper, model = model, unwrap(model)
     current = getattr(model, "routed_lora_config", None)
     if current is None:
         names = [name for name, _ in find_targets(model, config)]
@@ -195,7 +197,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if current is None:
         apply_routed_lora(model, config)
     _copy_into(adapter_state_dict(model), tensors, folder)
-    return model
+    return wrapper
 
 
 def _copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], folder: Path) -> None:
@@ -214,7 +216,7 @@ def _copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
 
 
 def _patched_config(model: nn.Module) -> RoutedLoRAConfig:
-    config = getattr(model, "routed_lora_config", None)
+    config = getattr(unwrap(model), "routed_lora_config", None)
     if config is None:
         raise ValueError("the model has no routed LoRA adapters (call apply_routed_lora first)")
     return config
@@ -228,6 +230,7 @@ def _module_routes(module, routes):
 def export_peft(model: nn.Module, path: str | os.PathLike, src: str, tgt: str) -> Path:
     """Write direction ``src → tgt`` as a standard PEFT LoRA folder; returns the folder."""
     config = _patched_config(model)
+    model = unwrap(model)
     routes = direction_routes(model, src, tgt)
     modules = routed_modules(model)
     tensors, ranks = {}, {}

@@ -114,8 +114,18 @@ class RoutingState:
         self.input_shape = (tensor.shape[0], tensor.shape[1]) if tensor is not None and tensor.dim() >= 2 else None
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The patched model inside wrappers (DDP / FSDP ``.module``, ``torch.compile``'s ``._orig_mod``)."""
+    while getattr(model, _STATE_ATTR, None) is None:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
 def _state(model: nn.Module) -> RoutingState:
-    state = getattr(model, _STATE_ATTR, None)
+    state = getattr(unwrap(model), _STATE_ATTR, None)
     if state is None:
         raise ValueError("this model has no routed LoRA adapters: call lora_route.apply_routed_lora(model, config) first")
     return state
@@ -189,8 +199,8 @@ def apply_routed_lora(model: nn.Module, config: RoutedLoRAConfig) -> nn.Module:
 
 
 def routed_modules(model: nn.Module) -> dict[str, RoutedLoRALinear]:
-    """Module name → RoutedLoRALinear, in model order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, RoutedLoRALinear)}
+    """Module name (in the unwrapped model, see :func:`unwrap`) → RoutedLoRALinear, in model order."""
+    return {name: module for name, module in unwrap(model).named_modules() if isinstance(module, RoutedLoRALinear)}
 
 
 @contextmanager

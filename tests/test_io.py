@@ -105,3 +105,14 @@ def test_merge_direction_serves_that_direction_without_adapters():
         unmerge_direction(model)
     with pytest.raises(ValueError, match="learned router"):
         merge_direction(_trained("molora_topk"), "de", "en")
+
+
+def test_save_from_a_wrapped_model_uses_unwrapped_names(tmp_path):
+    model = _trained("crosslora")
+    wrapper = torch.nn.Module()
+    wrapper.module = model
+    folder = save_adapters(wrapper, tmp_path / "ckpt")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert all(key.startswith("model.layers.") for key in config["tensors"])
+    ids = torch.randint(3, 128, (2, 5))
+    assert torch.equal(_logits(load_adapters(tiny_causal_lm(), folder), ids), _logits(model, ids))

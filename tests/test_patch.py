@@ -175,3 +175,26 @@ def test_patched_layers_follow_the_models_train_eval_mode():
     assert not any(m.training for m in routed_modules(model).values())
     model.train()
     assert all(m.training for m in routed_modules(model).values())
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the patched model as ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_route_and_routed_modules_see_through_wrappers():
+    model = apply_routed_lora(tiny_causal_lm(), RoutedLoRAConfig("crosslora", LANGS, r=4))
+    randomize_adapters(model)
+    wrapped = _Wrapper(model)
+    ids = torch.randint(3, 128, (1, 4))
+    assert list(routed_modules(wrapped)) == list(routed_modules(model))
+    with route(wrapped, ["de"], ["zh"]):
+        through_wrapper = wrapped(ids).logits
+    with route(model, ["de"], ["zh"]):
+        torch.testing.assert_close(model(ids).logits, through_wrapper)
