@@ -396,3 +396,19 @@ def test_plan_derived_tiles_are_cached_per_plan_and_rederived_after_an_update():
     del plan, inference_plan, tiles, first, build
     gc.collect()
     assert len(kernels._PLAN_DERIVED) <= before - 2
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+def test_bank_gradients_split_over_rows_match_and_stay_deterministic(monkeypatch, dtype):
+    """Bank gradients with each bank's rows cut into several splits (forced by a small split size)."""
+    kernels = _triton_kernels()
+    monkeypatch.setattr(kernels, "MIN_ROWS_PER_SPLIT", 16)
+    monkeypatch.setattr(kernels, "BLOCK_M_MAX", 16)  # splits are BLOCK_M-aligned: several must hold rows
+    case = Case(64, 33, 65, 8, 2, 1, 2, "zipf", "row")
+    assert kernels._row_splits(case.rows, 2, torch.device("cpu")) == 4
+    _check_case(case, "triton", dtype, "cpu")
+    data = _make_inputs(case, dtype, "cpu")
+    _, first = _forward_backward(case, data, "triton")
+    _, second = _forward_backward(case, data, "triton")
+    for name in first:
+        assert torch.equal(first[name], second[name]), f"d{name} differs between two runs"

@@ -7,15 +7,18 @@ forward   1. ``_shrink_kernel``       z = A[a]·x per row tile, core zc = U[u]·
           2. ``_expand_kernel``       out[rows] += s·B[b]·zc per (row tile, d_out tile)       grid (tiles, d_out/BN)
 backward  3. ``_grad_shrink_kernel``  g = B[b]^T·dy, h = s·g, k = U^T·h, zc, d_row_scale      grid (tiles,)
           4. ``_expand_kernel``       dx[rows] = A[a]^T·k per (row tile, d_in tile)          grid (tiles, d_in/BN)
-          5-7. ``_bank_grad_kernel``  dA[a] = Σ k x^T, dB[b] = Σ s dy zc^T, dU[u] = Σ h z^T    grid (bank, cols/BN)
+          5-7. ``_bank_grad_kernel``  dA[a] = Σ k x^T, dB[b] = Σ s dy zc^T, dU[u] = Σ h z^T    grid (bank, cols/BN,
+                                      row splits), + a fixed-order sum over splits when there are several
 
 A *row tile* is up to ``BLOCK_M`` consecutive rows of one segment. The tile list is derived from the plan with a few
 device ops (no host sync); its length is bounded by ``min(T, n_a·n_u·n_b) + cdiv(T, BLOCK_M)`` and programs past the
 last real tile exit at once. The bank-gradient kernels are deterministic without atomics: one program owns one
 (bank index, column tile) of the gradient and loops, in a fixed order, over every row routed to that bank index
-(rows gathered through a stable sort of the plan's rows by that index), so no two programs write the same element
-and no second reduction stage is needed; unused bank entries come out as zeros. Accumulation is fp32 throughout;
-rank-space intermediates (zc, h, k) live in fp32 workspaces of (T, r).
+(rows gathered through a stable sort of the plan's rows by that index), so no two programs write the same element;
+unused bank entries come out as zeros. When the banks are too few to fill the device (plain LoRA: one adapter), each
+bank's rows are cut into a fixed number of BLOCK_M-aligned splits whose fp32 partial sums are added by
+``torch.sum`` over the split axis, again in a fixed order. Accumulation is fp32 throughout; rank-space
+intermediates (zc, h, k) live in fp32 workspaces of (T, r).
 
 Tile sizes are chosen for an H100: 64-row tiles, 64-wide reduction chunks over d_in / d_out, 128-wide output
 column tiles, the rank padded to a power of two >= 16 (the smallest ``tl.dot`` extent) and held whole in one tile,
@@ -40,6 +43,8 @@ BLOCK_K = 64  # reduction chunk over d_in (shrink) or d_out (grad shrink); 32 on
 BLOCK_N = 128  # output columns per program (expand, dx, bank gradients)
 NUM_WARPS = 4  # 8 once the padded rank reaches 128 (rank-space tiles of 64 x 128 fp32)
 ROUTE_A, ROUTE_U, ROUTE_B = 0, 1, 2  # columns of RoutePlan.segment_routes
+MIN_ROWS_PER_SPLIT = 256  # bank gradients split a bank's rows only into chunks of at least this many rows
+H100_SMS = 132
 
 
 # ------------------------------------------------------------------------------------------------------- kernels
@@ -201,26 +206,32 @@ def _grad_shrink_kernel(
 def _bank_grad_kernel(
     small_ptr, big_ptr, out_ptr, row_scale_ptr, scale,
     bank_rows_ptr, bank_starts_ptr,
-    n_cols, rank, stride_out_bank, stride_out_rank, stride_out_col,
+    n_cols, rank, num_splits, stride_out_split, stride_out_bank, stride_out_rank, stride_out_col,
     HAS_ROW_SCALE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """One (bank index, column tile): out[bank, q, n] = sum over the bank's rows of s·small[row, q]·big[row, n].
+    """One (bank index, column tile, row split): out[split, bank, q, n] = sum over the split's share of the bank's
+    rows of s·small[row, q]·big[row, n].
 
-    ``bank_rows[bank_starts[i]:bank_starts[i + 1]]`` are the rows routed to bank index ``i``; the loop over them has
-    a fixed order, so the result is deterministic. ``small`` is an fp32 (T, r) workspace, ``big`` (T, n_cols).
+    ``bank_rows[bank_starts[i]:bank_starts[i + 1]]`` are the rows routed to bank index ``i``; split ``j`` of
+    ``num_splits`` takes the j-th BLOCK_M-aligned chunk of them. The loop has a fixed order, so the result is
+    deterministic. ``small`` is an fp32 (T, r) workspace, ``big`` (T, n_cols).
     """
     bank = tl.program_id(0)
+    split = tl.program_id(2)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < n_cols
     offs_r = tl.arange(0, BLOCK_R)
     r_mask = offs_r < rank
     lo = tl.load(bank_starts_ptr + bank)
     hi = tl.load(bank_starts_ptr + bank + 1)
+    chunk = tl.cdiv(tl.cdiv(hi - lo, num_splits), BLOCK_M) * BLOCK_M
+    start = lo + split * chunk
+    stop = tl.minimum(hi, start + chunk)
     acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
-    for p0 in range(lo, hi, BLOCK_M):
+    for p0 in range(start, stop, BLOCK_M):
         positions = p0 + tl.arange(0, BLOCK_M)
-        row_mask = positions < hi
+        row_mask = positions < stop
         rows = tl.load(bank_rows_ptr + positions, mask=row_mask, other=0)
         small = tl.load(small_ptr + rows[:, None] * rank + offs_r[None, :], mask=row_mask[:, None] & r_mask[None, :],
                         other=0.0) * scale
@@ -229,7 +240,8 @@ def _bank_grad_kernel(
         big = tl.load(big_ptr + rows[:, None] * n_cols + offs_n[None, :], mask=row_mask[:, None] & n_mask[None, :],
                       other=0.0)
         acc = _dot(tl.trans(small.to(big.dtype)), big, acc, UPCAST)
-    out_offs = bank * stride_out_bank + offs_r[:, None] * stride_out_rank + offs_n[None, :] * stride_out_col
+    out_offs = (split * stride_out_split + bank * stride_out_bank + offs_r[:, None] * stride_out_rank
+                + offs_n[None, :] * stride_out_col)
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=r_mask[:, None] & n_mask[None, :])
 
 
@@ -372,25 +384,46 @@ def routed_forward(x, A, B, U, row_scale, scale, plan: RoutePlan, out):
     return z
 
 
+def _target_programs(device: torch.device) -> int:
+    """Programs that fill the device twice over (H100's 132 SMs where no CUDA device is queried)."""
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 2 * H100_SMS
+
+
+def _row_splits(num_rows: int, programs: int, device: torch.device) -> int:
+    """How many row splits the bank-gradient launch uses so that few banks still fill the device."""
+    target = _target_programs(device)
+    if programs >= target:
+        return 1
+    return max(1, min(triton.cdiv(num_rows, MIN_ROWS_PER_SPLIT), triton.cdiv(target, programs)))
+
+
 def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, transpose_out, block_r):
     """Launch ``_bank_grad_kernel`` for one bank; ``transpose_out`` stores (bank, n_cols, r) instead of
-    (bank, r, n_cols). Returns the full bank gradient (zeros for bank entries no row uses)."""
+    (bank, r, n_cols). Returns the full bank gradient (zeros for bank entries no row uses). With more than one row
+    split the partial sums go to an fp32 (splits, *bank_shape) workspace summed over splits in a fixed order."""
     bank_size = bank_shape[0]
     n_cols = big.shape[1]
-    grad = torch.empty(bank_shape, dtype=dtype, device=big.device)
-    if grad.numel() == 0:
-        return grad
+    if bank_size * n_cols * small.shape[1] == 0:
+        return torch.zeros(bank_shape, dtype=dtype, device=big.device)
     bank_rows, bank_starts = _derived(plan, ("bank", column, bank_size), lambda: _bank_rows(plan, column, bank_size))
-    strides = (grad.stride(0), grad.stride(2), grad.stride(1)) if transpose_out else grad.stride()
     block_m = _block_sizes(plan.num_rows, 1)[0]
     block_n = min(BLOCK_N, max(MIN_DOT_EXTENT, triton.next_power_of_2(n_cols)))
-    _bank_grad_kernel[(bank_size, triton.cdiv(n_cols, block_n))](
-        small, big, grad, row_scale if row_scale is not None else small, float(scale), bank_rows, bank_starts,
-        n_cols, small.shape[1], *strides,
+    grid = (bank_size, triton.cdiv(n_cols, block_n))
+    splits = _row_splits(plan.num_rows, grid[0] * grid[1], big.device)
+    if splits == 1:
+        out = torch.empty(bank_shape, dtype=dtype, device=big.device).unsqueeze(0)
+    else:
+        out = torch.empty((splits, *bank_shape), dtype=torch.float32, device=big.device)
+    strides = (out.stride(0), out.stride(1), out.stride(3), out.stride(2)) if transpose_out else out.stride()
+    _bank_grad_kernel[(*grid, splits)](
+        small, big, out, row_scale if row_scale is not None else small, float(scale), bank_rows, bank_starts,
+        n_cols, small.shape[1], splits, *strides,
         HAS_ROW_SCALE=row_scale is not None, UPCAST=_upcast_dots(big.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=_num_warps(block_r),
     )
-    return grad
+    return out[0] if splits == 1 else out.sum(0).to(dtype)
 
 
 def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan: RoutePlan, needs):
