@@ -18,9 +18,9 @@ from lora_route.benchmarking.timing import Timer, summarize
 from lora_route.benchmarking.workloads import row_adapters, sequence_adapters
 
 LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kind", "tokens", "sequences", "seq_len",
-              "popularity", "active_adapters", "provider", "status", "skip_reason", "timing", "median_ms",
+              "popularity", "active_adapters", "provider", "status", "reason", "timing", "median_ms",
               "max_rel_error", "agrees_with_reference", "ratio_to_base", "ratio_to_peft_single", "ratio_to_peft_mixed"}
-TRAIN_KEYS = {"provider", "backend", "tokens", "status", "skip_reason", "step_median_ms", "time_ratio_to_single_lora",
+TRAIN_KEYS = {"provider", "backend", "tokens", "status", "reason", "step_median_ms", "time_ratio_to_single_lora",
               "memory_metric", "memory_ratio_to_single_lora"}
 # The Triton interpreter takes seconds per call; the smoke test leaves it to the committed CPU smoke run.
 SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p != "lora_route_triton")
@@ -54,11 +54,12 @@ def test_smoke_layer_results_schema_and_agreement(smoke_run):
     assert len(rows) == len(workloads) * len(SMOKE_LAYER_PROVIDERS)
     for row in rows:
         assert LAYER_KEYS <= row.keys(), LAYER_KEYS - row.keys()
+        assert row["status"] in ("ok", "skipped"), row
         if row["status"] == "ok":
             assert row["agrees_with_reference"], row
             assert row["median_ms"] > 0 and row["ratio_to_base"] > 0
         else:
-            assert row["skip_reason"] and row["median_ms"] is None and row["ratio_to_base"] is None
+            assert row["reason"] and row["median_ms"] is None and row["ratio_to_base"] is None
     by_provider = {}
     for row in rows:
         by_provider.setdefault((row["provider"], row["kind"]), set()).add(row["status"])
@@ -68,8 +69,11 @@ def test_smoke_layer_results_schema_and_agreement(smoke_run):
     assert by_provider[("lora_route_torch", "forward_backward")] == {"ok"}
     assert all(r["ratio_to_base"] == 1.0 for r in rows if r["provider"] == "base")
     peft_train = next(r for r in rows if r["provider"] == "peft_mixed" and r["kind"] == "forward_backward")
-    assert "training mode" in peft_train["skip_reason"]
+    assert "training mode" in peft_train["reason"]
     assert len(result["plan_results"]) == len(workloads)
+    choices = result["fastest_backends"]
+    assert len(choices) == len(workloads) and all(c["fastest"] == "torch" for c in choices)  # the only one run
+    assert {c["shape_class"] for c in choices} == {"decode", "prefill_or_training"}
 
 
 def test_smoke_training_results(smoke_run):
@@ -77,6 +81,7 @@ def test_smoke_training_results(smoke_run):
     rows = result["training_results"]
     for row in rows:
         assert TRAIN_KEYS <= row.keys(), TRAIN_KEYS - row.keys()
+        assert row["status"] in ("ok", "skipped"), row
     ran = [r for r in rows if r["status"] == "ok"]
     assert {r["provider"] for r in ran} == {"peft_single", "naive_loop", "lora_route_lora", "lora_route_molora_static",
                                             "lora_route_crosslora"}
@@ -211,3 +216,30 @@ def test_cli_runs_a_layer_only_benchmark(tmp_path, capsys):
     assert "target forward_4096_vs_base" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_main(["--preset", "minimal", "--shapes", "no_such_shape", "--out-dir", str(tmp_path)])
+
+
+def test_a_failing_provider_is_recorded_and_the_run_goes_on():
+    from lora_route.benchmarking.runner import _measure_layer_provider
+
+    class BrokenBench:
+        device = torch.device("cpu")
+
+        def prepare(self, *args):
+            raise RuntimeError("kernel launch failed")
+
+    timer = Timer(torch.device("cpu"), reps=1, warmup=0, rep_ms=1, warmup_ms=0)
+    row = _measure_layer_provider(BrokenBench(), "lora_route_torch", None, None, None, None, timer, torch.float32)
+    assert row["status"] == "error" and row["reason"] == "RuntimeError: kernel launch failed"
+    assert row["median_ms"] is None
+
+
+@pytest.mark.cuda
+def test_minimal_run_on_gpu_runs_every_available_backend(tmp_path):
+    result = run_benchmark(PRESETS["minimal"], device="cuda", log=lambda _: None)
+    write_results(result, tmp_path)
+    assert result["kind"] == "gpu" and result["performance_evidence"] is True
+    rows = result["layer_results"] + result["training_results"]
+    assert not [r for r in rows if r["status"] == "error"]
+    triton_rows = [r for r in result["layer_results"] if r["provider"] == "lora_route_triton"]
+    assert triton_rows and all(r["status"] == "ok" and r["agrees_with_reference"] for r in triton_rows)
+    assert all(r["peak_allocated_bytes"] > 0 for r in result["training_results"] if r["status"] == "ok")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..ops import resolve_backend, routed_linear
 from ..plan import plan_routes
 from .config import MLPShape, Workload
+from .errors import ProviderUnavailable
 from .naive import group_rows, naive_loop_linear
 from .peft_baseline import attach_peft_loras, peft_adapter_name
 from .timing import Timer, Timing
@@ -29,10 +30,6 @@ from .timing import Timer, Timing
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Relative error (max |out - ref| / max |ref|) below which an output counts as agreeing with the reference.
 AGREEMENT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
-
-
-class ProviderUnavailable(Exception):
-    """A provider cannot run a workload on this install; the message is recorded as the skip reason."""
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:

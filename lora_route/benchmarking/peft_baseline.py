@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .errors import ProviderUnavailable
+
 
 def peft_adapter_name(index: int) -> str:
     """PEFT adapter name of direction ``index`` (``"d0"``, ``"d1"``, ...)."""
@@ -15,11 +17,14 @@ def peft_adapter_name(index: int) -> str:
 def attach_peft_loras(model: nn.Module, target_modules: tuple[str, ...], rank: int, alpha: float, count: int, *,
                       autocast_adapter_dtype: bool):
     """Wrap ``model`` (modified in place) with ``count`` PEFT LoRAs named by :func:`peft_adapter_name`, dropout 0,
-    on the ``nn.Linear`` modules named ``target_modules``. Returns the ``peft.PeftModel``; adapter ``d0`` is active.
+    on the ``nn.Linear`` modules named ``target_modules``. Returns the ``peft.PeftModel``; adapter ``d0`` is active;
+    :class:`ProviderUnavailable` when peft is not installed.
     ``autocast_adapter_dtype`` is PEFT's switch: True (its training default) keeps bf16/fp16 models' adapters in
     float32 and runs them in float32; False keeps them in the base dtype."""
-    from peft import LoraConfig, get_peft_model
-
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ProviderUnavailable(f"peft is not installed ({error}); pip install peft") from error
     if count < 1:
         raise ValueError(f"need at least one adapter, got count={count}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, backends
+from ..ops import DECODE_MAX_ROWS
 
 SCHEMA_VERSION = 1
 RATIO_REFERENCES = ("base", "peft_single", "peft_mixed")
@@ -114,3 +115,18 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def fastest_backends(layer_results: list[dict]) -> list[dict]:
+    """Per shape, workload and popularity: the fastest lora_route backend that ran and every backend's median —
+    the measurement behind ``backend="auto"`` (shape class ``decode`` up to ``lora_route.ops.DECODE_MAX_ROWS`` rows,
+    else ``prefill_or_training``)."""
+    groups: dict[tuple, dict[str, float]] = {}
+    for row in layer_results:
+        if row["status"] == "ok" and row["provider"].startswith("lora_route_"):
+            key = (row["shape"], row["workload"], row["kind"], row["tokens"], row["popularity"])
+            groups.setdefault(key, {})[row["provider"].removeprefix("lora_route_")] = row["median_ms"]
+    return [{"shape": shape, "workload": workload, "popularity": popularity, "rows": tokens,
+             "shape_class": "decode" if kind == "decode" and tokens <= DECODE_MAX_ROWS else "prefill_or_training",
+             "fastest": min(medians, key=medians.get), "median_ms": medians}
+            for (shape, workload, kind, tokens, popularity), medians in groups.items()]

@@ -15,9 +15,11 @@ import torch
 
 from ..ops import resolve_backend
 from .config import DTYPES, LAYER_PROVIDERS, TRAIN_PROVIDERS, BenchPreset
-from .layer_bench import AGREEMENT_TOLERANCE, LayerBench, ProviderUnavailable, time_plan_build
+from .errors import ProviderUnavailable
+from .layer_bench import AGREEMENT_TOLERANCE, LayerBench, time_plan_build
 from .plot import write_plot_atomic
-from .report import SCHEMA_VERSION, add_ratios, add_training_ratios, environment, write_json_atomic
+from .report import (SCHEMA_VERSION, add_ratios, add_training_ratios, environment, fastest_backends,
+                     write_json_atomic)
 from .targets import evaluate_targets, issue_reference
 from .timing import Timer
 from .training_bench import DIRECTIONS, build_small_llama, make_batch, run_training_provider, training_providers
@@ -50,6 +52,30 @@ def _check_choice(kind: str, requested: tuple[str, ...], known: tuple[str, ...])
     return tuple(requested)
 
 
+def _failure(error: BaseException, device: torch.device) -> dict:
+    """An ``error`` row: one provider failed; the run goes on (a GPU run is too scarce to lose to one provider)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"status": "error", "reason": f"{type(error).__name__}: {error}"}
+
+
+def _measure_layer_provider(bench, provider, workload, x, dy, sequence_ids, timer, dtype) -> dict:
+    """The result fields of one provider on one workload: ``ok`` with timing and error, ``skipped`` with the reason
+    the provider gave, or ``error`` with the exception that stopped it."""
+    empty = {"timing": None, "median_ms": None, "max_rel_error": None, "agrees_with_reference": None}
+    try:
+        call = bench.prepare(provider, workload, x, dy, sequence_ids)
+        timing = timer.measure(call.run, call.grad_to_none)
+        error = bench.relative_error(call.forward(), x, call.rows)
+    except ProviderUnavailable as reason:
+        return {"provider": provider, "status": "skipped", "reason": str(reason), **empty}
+    except Exception as failure:  # noqa: BLE001 - recorded in the result, see _failure
+        return {"provider": provider, **_failure(failure, bench.device), **empty}
+    return {"provider": provider, "status": "ok", "reason": None, "timing": timing.to_dict(),
+            "median_ms": timing.median_ms, "max_rel_error": error,
+            "agrees_with_reference": error <= AGREEMENT_TOLERANCE[dtype]}
+
+
 def _layer_results(preset: BenchPreset, providers, device, dtype, timer, seed, log) -> tuple[list, list]:
     results, plans = [], []
     workloads = preset.workloads()
@@ -70,24 +96,11 @@ def _layer_results(preset: BenchPreset, providers, device, dtype, timer, seed, l
                 plans.append({key: common[key] for key in ("workload", "tokens", "popularity", "active_adapters")}
                              | {"timing": time_plan_build(timer, row_ids).to_dict()})
             for provider in providers:
-                try:
-                    call = bench.prepare(provider, workload, x, dy, sequence_ids)
-                except ProviderUnavailable as reason:
-                    results.append(common | {"provider": provider, "status": "skipped", "skip_reason": str(reason),
-                                             "timing": None, "median_ms": None, "max_rel_error": None,
-                                             "agrees_with_reference": None})
-                    continue
-                timing = timer.measure(call.run, call.grad_to_none)
-                error = bench.relative_error(call.forward(), x, call.rows)
-                results.append(common | {
-                    "provider": provider, "status": "ok", "skip_reason": None, "timing": timing.to_dict(),
-                    "median_ms": timing.median_ms, "max_rel_error": error,
-                    "agrees_with_reference": error <= AGREEMENT_TOLERANCE[dtype],
-                })
-                del call
+                results.append(common | _measure_layer_provider(bench, provider, workload, x, dy, sequence_ids,
+                                                                timer, dtype))
             log(f"{shape.name} {workload.name} {workload.popularity}: "
-                + ", ".join(f"{r['provider']}={r['median_ms']:.3f} ms" if r["status"] == "ok" else f"{r['provider']}=skip"
-                            for r in results[-len(providers):]))
+                + ", ".join(f"{r['provider']}={r['median_ms']:.3f} ms" if r["status"] == "ok"
+                            else f"{r['provider']}={r['status']}" for r in results[-len(providers):]))
         del bench
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -106,10 +119,14 @@ def _training_results(preset: BenchPreset, providers, device, dtype, timer, seed
         try:
             fields = run_training_provider(provider, backend, base_model, batch, spec, timer, preset.train_rep_ms)
         except ProviderUnavailable as reason:
-            results.append(common | {"status": "skipped", "skip_reason": str(reason), "step_median_ms": None})
+            results.append(common | {"status": "skipped", "reason": str(reason), "step_median_ms": None})
             log(f"train {provider}[{backend}]: skipped ({reason})")
             continue
-        results.append(common | {"status": "ok", "skip_reason": None, "step_median_ms": fields["timing"]["median_ms"]}
+        except Exception as failure:  # noqa: BLE001 - recorded in the result, see _failure
+            results.append(common | _failure(failure, device) | {"step_median_ms": None})
+            log(f"train {provider}[{backend}]: ERROR {results[-1]['reason']}")
+            continue
+        results.append(common | {"status": "ok", "reason": None, "step_median_ms": fields["timing"]["median_ms"]}
                        | fields)
         log(f"train {provider}[{backend}]: {fields['timing']['median_ms']:.2f} ms/step, "
             f"{fields['tokens_per_s']:.0f} tokens/s")
@@ -214,6 +231,7 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
         "training_model": ({"architecture": "LlamaForCausalLM (random weights, SDPA attention)",
                             **asdict(preset.train), "directions": len(DIRECTIONS)} if run_training else None),
         "training_results": training,
+        "fastest_backends": fastest_backends(layer),
         "targets": evaluate_targets(layer, training, env, preset.dtype),
         "issue_reference": issue_reference(layer),
     }

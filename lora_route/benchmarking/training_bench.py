@@ -26,8 +26,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..methods import RoutedLoRAConfig
+from ..patch import apply_routed_lora, route
 from .config import LANGUAGES, TrainModelSpec
-from .layer_bench import PROJECTIONS, ProviderUnavailable
+from .errors import ProviderUnavailable
+from .layer_bench import PROJECTIONS
 from .naive import patch_naive_loop
 from .peft_baseline import attach_peft_loras, peft_adapter_name
 from .timing import Timer
@@ -128,11 +131,6 @@ def _setup(provider: str, model: nn.Module, batch: TrainBatch, spec: TrainModelS
     method = provider.removeprefix("lora_route_")
     if method not in ROUTED_METHODS:
         raise ValueError(f"unknown training provider {provider!r}")
-    try:
-        from ..methods import RoutedLoRAConfig
-        from ..patch import apply_routed_lora, route
-    except ImportError as error:
-        raise ProviderUnavailable(f"lora_route.patch is not importable: {error}") from error
     config = RoutedLoRAConfig(method=method, languages=list(LANGUAGES), r=spec.rank, alpha=alpha, dropout=0.0,
                               target_modules=PROJECTIONS)
     apply_routed_lora(model, config)
