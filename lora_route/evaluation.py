@@ -408,9 +408,10 @@ def evaluate_model(model, tokenizer, pairs: Sequence[Any], out_dir: str | os.Pat
                    trained: Iterable[Sequence[str]] | None = None, name: str | None = None, num_beams: int = 1,
                    batch_size: int = 16, identifier: LanguageIdentifier | None = None,
                    comet: CometScorer | None = None, pivot: str = "en", languages: Sequence[str] | None = None,
-                   heatmaps: bool = True, progress: bool = True, **decode_kwargs) -> EvaluationResult:
+                   heatmaps: bool = True, progress: bool = True, settings: Mapping[str, Any] | None = None,
+                   **decode_kwargs) -> EvaluationResult:
     """Decode ``pairs``, save ``outputs.jsonl`` (src, ref, hyp per line) and the metrics/matrices/heatmaps into
-    ``out_dir``, and return the result."""
+    ``out_dir``, and return the result. ``settings`` are recorded in ``metrics.json``."""
     hyps = decode_pairs(model, tokenizer, pairs, num_beams=num_beams, batch_size=batch_size, progress=progress,
                         **decode_kwargs)
     outputs = [TranslationOutput(s, t, src, ref, hyp) for (s, t, src, ref), hyp in
@@ -419,6 +420,7 @@ def evaluate_model(model, tokenizer, pairs: Sequence[Any], out_dir: str | os.Pat
     save_outputs(out / "outputs.jsonl", outputs)
     result = evaluate_outputs(outputs, trained=trained, identifier=identifier, comet=comet, pivot=pivot,
                               languages=languages, settings={"name": name or out.name, "num_beams": num_beams,
-                                                             "batch_size": batch_size, "n_pairs": len(outputs)})
+                                                             "batch_size": batch_size, "n_pairs": len(outputs),
+                                                             **(settings or {})})
     result.save(out, heatmaps=heatmaps)
     return result
