@@ -38,6 +38,8 @@ def _prompt_ids(tokenizer, prompts: list[str], chat_template: bool) -> list[list
 
 def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` (batch, longest) with padding on the left."""
+    if not sequences:
+        raise ValueError("left_pad needs at least one sequence")
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
