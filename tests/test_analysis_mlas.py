@@ -106,3 +106,19 @@ def test_random_init_ablation_keeps_default_init_and_bad_configs_raise():
     assert set(ABLATIONS) >= {"-R-i", "-R-a", "-R-s", "-M-i", "-Ms-a", "-Ms-spe", "-Ms-gen", "-Mr-a", "-Mr-spe",
                               "-Mr-gen"}
     assert MLASInit.from_dict(MLASInit(seed=3).to_dict()) == MLASInit(seed=3)
+
+
+def test_adapter_without_neurons_keeps_default_init():
+    """Regression: λ ≤ 1/P leaves no general neuron; the general LoRA must not become A = B = 0 (untrainable)."""
+    import warnings
+
+    student = mlas_student()
+    before = routed_modules(student)["model.layers.0.mlp.down_proj"].lora_A[0].clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = initialise_mlas(student, llama(32, 48, 4, 0), seed_batches(), MLASInit(threshold=0.3))
+    info = report["modules"]["model.layers.0.mlp.down_proj"]
+    assert info["general_neurons"] == 0
+    assert info["adapters"]["general"]["members"] == 0
+    module = routed_modules(student)["model.layers.0.mlp.down_proj"]
+    assert torch.equal(module.lora_A[0], before) and torch.count_nonzero(module.lora_A[0]) > 0

@@ -25,7 +25,6 @@ dominate** — seed 003's reading of multilingual minus separate training.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..report import write_json
 from .awareness import causal_lm_loss_sum
 
 STRATEGIES = ("together", "separate", "grouped")
@@ -45,7 +45,7 @@ METRICS = ("loss", "bleu", "chrf")
 
 __all__ = [
     "STRATEGIES", "METRICS", "GradientConflicts", "direction_gradients", "gradient_conflicts", "strategy_config",
-    "run_strategy_comparison", "delta_matrices", "plot_delta_heatmaps", "plot_gradient_heatmaps", "write_json",
+    "run_strategy_comparison", "delta_matrices", "plot_delta_heatmaps", "plot_gradient_heatmaps",
 ]
 
 Direction = tuple[str, str]
@@ -60,23 +60,6 @@ def _route(model: nn.Module, direction: Direction):
     if config is None or config.method in LANGUAGE_FREE_METHODS:
         return nullcontext()
     return route(model, direction[0], direction[1])
-
-
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as JSON atomically (temp file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ gradient cosine
@@ -303,7 +286,7 @@ def run_strategy_comparison(
         "scores": scores,
         "delta": delta_matrices(scores, languages, metric),
     }
-    write_json(result, out / "conflicts.json")
+    write_json(out / "conflicts.json", result)
     return result
 
 

@@ -15,6 +15,8 @@ Pipeline and the choices it makes (see also the docstrings of the step modules):
    score: its Φ) → that direction's LoRA; column scores are the input awareness (mean, or the direction's).
 4. SVD factors of rank r with ``scaling · B · A`` = the rank-r truncation of the sub-matrix (eq. 7–9), times
    ``scale`` (1.0 = the paper; lower values soften the injection — not in the paper, off by default).
+   An adapter whose neuron set is empty (no general neuron, or a pair owning none) keeps LoRA's default init:
+   a zero sub-matrix would give A = B = 0, which no gradient can move.
 
 Ablations of seed 002 §4.4 (:data:`ABLATIONS`): ``-R-*`` use one LoRA for all pairs (method ``lora``), ``-M-*`` one
 LoRA per pair without a general one (method ``molora_static``); ``*-i`` random init; ``-*s-*`` random teacher layers,
@@ -56,7 +58,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, str]]] = {
 }
 _MODES_BY_METHOD = {"mlas": ("split",), "lora": ("all",), "molora_static": ("all", "specific", "general")}
 
-__all__ = ["ABLATIONS", "MLASInit", "ablation_method", "teacher_module_name", "initialise_mlas"]
+__all__ = ["ABLATIONS", "MLASInit", "ablation_method", "teacher_module_name", "teacher_route", "initialise_mlas"]
 
 Direction = tuple[str, str]
 
@@ -139,7 +141,7 @@ def _linear(module: nn.Module, name: str) -> nn.Linear:
     return base
 
 
-def _teacher_route(teacher: nn.Module, direction: Direction):
+def teacher_route(teacher: nn.Module, direction: Direction):
     """Route a patched teacher (e.g. the student itself before its adapters are set) for one direction."""
     from ..methods import LANGUAGE_FREE_METHODS
     from ..patch import route
@@ -192,7 +194,7 @@ def initialise_mlas(
         raise ValueError(f"the student adapts {len(student_layers)} layers but the teacher has only {teacher_count}")
     relevance = {}
     for d in directions:
-        with _teacher_route(teacher, d):
+        with teacher_route(teacher, d):
             relevance[d] = layer_relevance(teacher, batches[d])
     mean_relevance = torch.stack(list(relevance.values())).mean(0)
     if init.layer_selection == "relevance":
@@ -211,7 +213,7 @@ def initialise_mlas(
     teacher_linears = {t: _linear(teacher.get_submodule(t), t) for t in set(teacher_names.values())}
     scores = {}
     for d in directions:
-        with _teacher_route(teacher, d):
+        with teacher_route(teacher, d):
             scores[d] = neuron_awareness(teacher, batches[d], teacher_linears)
 
     factors: dict[str, dict[int | str, tuple[Tensor, Tensor]]] = {}
@@ -240,15 +242,21 @@ def initialise_mlas(
                     jobs.append((key, split.specific[p], phi_out[p], phi_in[p]))
         per_adapter, errors = {}, {}
         for key, members, row_scores, column_scores in jobs:
+            if members is not None and members.numel() == 0:
+                # No neuron of this kind: a zero sub-matrix would give A = B = 0, a LoRA that can never train.
+                errors[str(key)] = {"members": 0, "init": "default (no neurons of this kind)"}
+                continue
             extraction = extract_submatrix(weight, row_scores, column_scores, shape, members)
             sub = extraction.matrix.double() * float(init.scale)
             b, a = low_rank_factors(sub, module.r, module.scaling)
             per_adapter[key] = (a, b)
             energy = float((sub ** 2).sum())
             residual = float(((sub - module.scaling * b.double() @ a.double()) ** 2).sum())
-            errors[str(key)] = {"relative_error": (residual / energy) ** 0.5 if energy > 0 else 0.0,
+            errors[str(key)] = {"members": int(shape[0] if members is None else members.numel()),
+                                "relative_error": (residual / energy) ** 0.5 if energy > 0 else 0.0,
                                 "awareness": extraction.score}
-        factors[name] = per_adapter
+        if per_adapter:
+            factors[name] = per_adapter
         module_reports[name] = {
             "teacher_module": t_name,
             "general_neurons": int(split.general.numel()),
@@ -256,6 +264,7 @@ def initialise_mlas(
             "max_normalised_awareness": float(normalise_awareness(phi_out).max(0).values.mean()),
             "adapters": errors,
         }
-    init_from(student, factors)
+    if factors:
+        init_from(student, factors)
     report["modules"] = module_reports
     return report
