@@ -215,7 +215,7 @@ def test_grid_matches_float64_reference_on_gpu(case, backend, dtype):
 
 
 def test_gradcheck_float64_torch_backend():
-    case = Case(7, 5, 4, 3, 3, 2, 2, "mixed", "row")
+    case = Case(6, 4, 3, 2, 3, 2, 2, "mixed", "row")
     data = _make_inputs(case, torch.float64, "cpu", seed=3)
     idx = data["indices"]
     leaves = [data["leaves"][name].clone().requires_grad_(True) for name in ("x", "A", "B", "U", "scale")]
@@ -226,7 +226,7 @@ def test_gradcheck_float64_torch_backend():
         return routed_linear(x, weight, bias, A, B, idx["a_idx"], idx["b_idx"], U=U, u_idx=idx["u_idx"],
                              scale=scale, backend="torch")
 
-    assert torch.autograd.gradcheck(linear, (*leaves, weight, bias))
+    assert torch.autograd.gradcheck(linear, (*leaves, weight, bias), fast_mode=True)
     scalar = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
 
     def delta(x, A, B, scale):
