@@ -160,7 +160,7 @@ class LayerBench:
                     layer.lora_A[adapter].weight.requires_grad_(True)
                     layer.lora_B[adapter].weight.requires_grad_(True)
 
-    def _routed_forward(self, provider: str, x: Tensor, sequence_ids: Tensor, row_ids: Tensor):
+    def _provider_forward(self, provider: str, x: Tensor, sequence_ids: Tensor, row_ids: Tensor):
         """``(forward, rows, adapter_params)`` of one provider: the forward callable, the adapter index per row it
         computes (-1 = base only) and the adapter tensors it trains."""
         banks, activation = self.banks, self.shape.activation
@@ -201,7 +201,7 @@ class LayerBench:
         x_in = x.detach().requires_grad_(train)
         if provider in ("base", "peft_single", "peft_mixed"):
             self._module(provider).train(train)
-        forward, rows, params = self._routed_forward(provider, x_in, sequence_ids, row_ids)
+        forward, rows, params = self._provider_forward(provider, x_in, sequence_ids, row_ids)
 
         def forward_no_grad():
             with torch.no_grad():
