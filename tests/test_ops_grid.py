@@ -34,7 +34,7 @@ class Case:
     n_u: int  # 0: no core U
     pattern: str  # one of PATTERNS
     scale: str  # "float", "row" (T,) tensor or "scalar" 0-d tensor
-    lead: tuple = ()  # extra leading dims of x: x is (*lead, rows // prod(lead), d_in)
+    lead: tuple = ()  # (n,): x is passed as (n, rows // n, d_in)
     use_plan: bool = True  # pass a prebuilt plan (else the op plans per call)
 
     @property
