@@ -50,18 +50,18 @@ def backends() -> dict[str, bool]:
     return {"cuda": _cuda_module() is not None, "triton": _triton_module() is not None, "torch": True}
 
 
-def _unsupported_reason(name: str, x: Tensor) -> str | None:
-    """Why backend ``name`` cannot serve a call on ``x`` (None when it can)."""
+def _unsupported_reason(name: str, x: Tensor, rank: int | None) -> str | None:
+    """Why backend ``name`` cannot serve a call on ``x`` with adapters of rank ``rank`` (None when it can)."""
     if name == "torch":
         return None
     module = _triton_module() if name == "triton" else _cuda_module()
     if module is None:
         return f"the {name} backend is not available in this install (lora_route.backends() = {backends()})"
-    return module.unsupported_reason(x)
+    return module.unsupported_reason(x, rank)
 
 
-def resolve_backend(backend: str, x: Tensor) -> str:
-    """Pick the backend for one call.
+def resolve_backend(backend: str, x: Tensor, rank: int | None = None) -> str:
+    """Pick the backend for one call on ``x`` with adapters of rank ``rank``.
 
     An explicit ``backend`` (or ``LORA_ROUTE_BACKEND`` when ``backend="auto"``) must be able to serve the call,
     else ``ValueError``. ``"auto"`` on CUDA tensors takes Triton, then the compiled extension, then torch; on CPU
@@ -73,12 +73,12 @@ def resolve_backend(backend: str, x: Tensor) -> str:
         if x.device.type != "cuda":
             return "torch"
         for name in ("triton", "cuda"):
-            if _unsupported_reason(name, x) is None:
+            if _unsupported_reason(name, x, rank) is None:
                 return name
         return "torch"
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; choose one of 'auto', {', '.join(map(repr, BACKEND_NAMES))}")
-    reason = _unsupported_reason(backend, x)
+    reason = _unsupported_reason(backend, x, rank)
     if reason is not None:
         raise ValueError(f"backend={backend!r} cannot serve this call: {reason}")
     return backend
@@ -319,7 +319,7 @@ def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
         scale_value = 1.0
     else:
         row_scale, scale_value = None, float(scale)
-    name = resolve_backend(backend, x)
+    name = resolve_backend(backend, x, A.shape[1])
     plan_tensors = plan.tensors() if plan is not None else (None, None, None, None)
     check_bounds = plan is None or plan.index_bounds is None
     out, _ = _routed_lora_forward(

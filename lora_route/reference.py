@@ -35,7 +35,7 @@ def routed_lora_delta(
         z = torch.einsum("tqr,tr->tq", U[u_idx[rows]], z)
     delta_rows = torch.einsum("tor,tr->to", B[b_idx[rows]], z)
     if isinstance(scale, Tensor):
-        delta_rows = delta_rows * scale[rows].unsqueeze(1)
+        delta_rows = delta_rows * scale.expand(x.shape[0])[rows].unsqueeze(1)
     else:
         delta_rows = delta_rows * scale
     delta = x.new_zeros(x.shape[0], B.shape[1])
