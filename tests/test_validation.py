@@ -166,3 +166,13 @@ def test_float64_on_triton_is_refused_by_name():
     x, A, B, a_idx, b_idx = _args(torch.float64)
     with pytest.raises(ValueError, match="backend='triton' cannot serve this call"):
         routed_lora_delta(x, A, B, a_idx, b_idx, backend="triton")
+
+
+def test_rank_beyond_triton_limit_is_refused_by_the_dispatcher():
+    x, A, B, a_idx, b_idx = _args()
+    rank = 129
+    A = torch.zeros(N, rank, D_IN)
+    B = torch.zeros(N, D_OUT, rank)
+    with pytest.raises(ValueError, match="backend='triton' cannot serve this call: Triton kernels take ranks up to"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, backend="triton")
+    assert lora_route.resolve_backend("auto", x, rank) == "torch"
