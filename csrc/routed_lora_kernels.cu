@@ -419,6 +419,7 @@ void launch_forward(const ForwardInputs& in, at::Tensor& z) {
       partial.data_ptr<float>(), splits, r, U, n_u, z_ptr, core_ptr, plan);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
+  if (d_out == 0) return;
   if (in.gather) {
     gather_expand_kernel<T><<<dim3(num_rows, ceil_div(d_out, kGatherThreads)), kGatherThreads, row_smem, stream>>>(
         core_ptr, B, in.B.size(0), r, d_out, row_scale, static_cast<float>(in.scale), out, plan);
@@ -436,7 +437,7 @@ void launch_forward(const ForwardInputs& in, at::Tensor& z) {
 at::Tensor routed_forward_cuda(const ForwardInputs& in) {
   const c10::cuda::CUDAGuard device_guard(in.x.device());
   at::Tensor z = at::zeros({in.x.size(0), in.A.size(1)}, in.x.options());
-  if (in.x.size(0) == 0 || in.B.size(1) == 0) return z;
+  if (in.x.size(0) == 0) return z;
   AT_DISPATCH_SWITCH(in.x.scalar_type(), "lora_route.routed_forward",
                      AT_DISPATCH_CASE(at::kFloat, [&] { launch_forward<scalar_t>(in, z); })
                      AT_DISPATCH_CASE(at::kHalf, [&] { launch_forward<scalar_t>(in, z); })

@@ -207,6 +207,18 @@ def test_forward_is_deterministic(kernel):
 
 @pytest.mark.cuda
 @needs_gpu_backend
+@pytest.mark.parametrize("kernel", ["gather", "segment"])
+def test_z_is_computed_even_without_output_features(kernel):
+    case = (40, 300, 0, 8, 3, 3, 0, 0.2)
+    t, plan, out, z = _run_forward(case, torch.float32, kernel, seed=3)
+    _, ref_z = reference.segment_forward(t["x"].double(), t["A"].double(), t["B"].double(), None,
+                                         t["row_scale"].double(), 0.7, plan.segments())
+    assert out.shape == (40, 0)
+    torch.testing.assert_close(z.double(), ref_z, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_gpu_backend
 @pytest.mark.parametrize("rows", [16, 600])
 def test_public_op_with_a_0d_scale_tensor_matches_torch_backend(rows):
     # ops expands a 0-d scale to a stride-0 (T,) row_scale; the extension needs it contiguous
