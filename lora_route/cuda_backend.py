@@ -41,8 +41,8 @@ def available() -> bool:
     return _extension()[0] is not None and torch.cuda.is_available()
 
 
-def unsupported_reason(x: Tensor) -> str | None:
-    """Why this backend cannot serve a call on ``x`` (None when it can)."""
+def unsupported_reason(x: Tensor, rank: int | None = None) -> str | None:
+    """Why this backend cannot serve a call on ``x`` (None when it can); every rank is served."""
     module, why = _extension()
     if module is None:
         return why
