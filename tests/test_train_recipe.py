@@ -102,3 +102,20 @@ def test_interrupted_stage_resumes(tmp_path):
     with pytest.raises(ValueError):
         run_recipe(recipe, ctx, model=build_model(recipe, ctx.device)[0], tokenizer=type("T", (), {
             "pad_token_id": None})(), progress=False)
+
+
+def test_train_command(tmp_path, capsys):
+    import argparse
+
+    from lora_route.train.cli import add_train_command
+
+    parser = argparse.ArgumentParser()
+    add_train_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", str(write_recipe(tmp_path)), "--set", "training.max_steps=1",
+                              "--set", "stages.0.cap_per_direction=2", "--device", "cpu", "--no-progress"])
+    assert args.func(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["stage"], r["completed"], r["steps"]) for r in lines] == [("stage1", True, 1), ("stage2", True, 1)]
+    args = parser.parse_args(["train", str(write_recipe(tmp_path)), "--set", "training.lr=-1"])
+    with pytest.raises(ValueError, match="training.lr"):
+        args.func(args)

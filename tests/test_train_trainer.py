@@ -73,6 +73,13 @@ def test_loss_falls_and_log_written(tmp_path):
     assert {"loss", "ce", "lr", "grad_norm", "tokens_per_s", "target_tokens", "epoch"} <= set(record)
 
 
+def test_deterministic_mode_is_restored_after_training(tmp_path):
+    trainer, _ = build(tmp_path, max_steps=1, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    trainer.train()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_molora_topk_adds_load_balancing(tmp_path):
     trainer, _ = build(tmp_path, method="molora_topk", max_steps=1, load_balancing_weight=0.5)
     record = trainer.train().history[0]

@@ -79,6 +79,18 @@ def lr_lambda(scheduler: str, warmup_steps: int, total_steps: int, min_lr_ratio:
     return factor
 
 
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """Deterministic kernels (warn where none exists) inside the block; the previous global setting after it."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 @dataclass
 class TrainResult:
     """What a call to :meth:`Trainer.train` did: ``history`` holds one record per optimizer step of this call."""
@@ -245,10 +257,14 @@ class Trainer:
             random.seed(self.seed * 7919 + ctx.rank)
             if ctx.is_main and (self.output_dir / LOG_FILE).exists():
                 (self.output_dir / LOG_FILE).unlink()
-        if settings.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         result = TrainResult(start, start, self.total_steps)
         end = self.total_steps if stop_after_steps is None else min(self.total_steps, start + stop_after_steps)
+        with _deterministic(settings.deterministic):
+            self._run(start, end, result)
+        return result
+
+    def _run(self, start: int, end: int, result: TrainResult) -> None:
+        settings = self.settings
         if start == 0 and end > 0:
             dev = self.dev_loss()
             if dev is not None:
@@ -280,7 +296,6 @@ class Trainer:
                 self._save(step + 1)
         if bar is not None:
             bar.close()
-        return result
 
     def _step(self, step: int) -> dict:
         settings, ctx = self.settings, self.ctx
