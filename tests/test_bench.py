@@ -40,6 +40,7 @@ def test_smoke_run_writes_json_and_png(smoke_run):
     assert json.loads(json_path.read_text()) == result
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(json_path.parent.glob(".*")), "a temporary file was left behind"
+    assert json_path.stat().st_mode & 0o044 and png_path.stat().st_mode & 0o044, "outputs must be readable by others"
     assert result["kind"] == "cpu_smoke" and result["performance_evidence"] is False
     assert "CPU SMOKE RUN" in result["label"]
     env = result["environment"]

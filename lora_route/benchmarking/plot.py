@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .report import publish
+
 PROVIDER_COLORS = {
     "base": "#7f7f7f", "peft_single": "#1f77b4", "peft_mixed": "#d62728", "naive_loop": "#ff7f0e",
     "lora_route_triton": "#2ca02c", "lora_route_cuda": "#17becf", "lora_route_torch": "#9467bd",
@@ -92,7 +94,7 @@ def write_plot_atomic(result: dict, path: str | os.PathLike) -> Path:
     os.close(handle)
     try:
         fig.savefig(temporary, format="png", dpi=110)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

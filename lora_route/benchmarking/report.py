@@ -101,6 +101,14 @@ def add_training_ratios(training_results: list[dict]) -> None:
         row["memory_ratio_to_single_lora"] = value / best_memory if value is not None and best_memory else None
 
 
+def publish(temporary: str | os.PathLike, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it onto ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON to ``path`` through a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
@@ -110,7 +118,7 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -51,7 +51,8 @@ def build_small_llama(spec: TrainModelSpec, device: torch.device, dtype: torch.d
     )
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialise on the device: seconds on a GPU instead of a minute on the host
+        return LlamaForCausalLM(config).to(dtype=dtype)
 
 
 @dataclass(frozen=True)
