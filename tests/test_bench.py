@@ -36,7 +36,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_writes_json_and_png(smoke_run):
     result, json_path, png_path = smoke_run
-    assert json_path.name == "cpu_smoke.json" and png_path.name == "cpu_smoke.png"
+    assert json_path.name == "cpu_minimal.json" and png_path.name == "cpu_minimal.png"
     assert json.loads(json_path.read_text()) == result
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(json_path.parent.glob(".*")), "a temporary file was left behind"

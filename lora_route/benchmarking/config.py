@@ -151,7 +151,6 @@ LLAMA3_8B_MLP = MLPShape("llama3_8b_mlp", hidden=4096, ffn=14336, rank=16, num_a
 GEMMA3_270M_MLP = MLPShape("gemma3_270m_mlp", hidden=640, ffn=2048, rank=16, num_adapters=30, activation="gelu_tanh")
 TINY_MLP = MLPShape("tiny_mlp", hidden=64, ffn=160, rank=4, num_adapters=30, activation="silu")
 TINY_GEMMA_MLP = MLPShape("tiny_gemma_mlp", hidden=48, ffn=96, rank=4, num_adapters=30, activation="gelu_tanh")
-SHAPES = {shape.name: shape for shape in (LLAMA3_8B_MLP, GEMMA3_270M_MLP, TINY_MLP, TINY_GEMMA_MLP)}
 
 PRESETS = {
     "gpu": BenchPreset(

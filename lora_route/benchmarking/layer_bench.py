@@ -122,7 +122,7 @@ class LayerBench:
     """All providers of one MLP shape. PEFT models are built once per shape and reused across workloads."""
 
     def __init__(self, shape: MLPShape, device: torch.device, dtype: torch.dtype, seed: int):
-        self.shape, self.device, self.dtype, self.seed = shape, torch.device(device), dtype, seed
+        self.shape, self.device, self.dtype = shape, torch.device(device), dtype
         self.banks = make_mlp_banks(shape, self.device, dtype, seed)
         self._reference_banks: MLPBanks | None = None
         self._modules: dict[str, nn.Module] = {}

@@ -193,7 +193,7 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
                 if run_training else [])
     gpu = device.type == "cuda"
     label = (f"lora_route benchmark on {env['device_name']} ({preset.dtype})" if gpu else
-             f"CPU SMOKE RUN on {env['device_name']} — plumbing check with tiny shapes; "
+             f"CPU SMOKE RUN on {env['device_name']} (preset {preset.name}) — plumbing check; "
              "timings are NOT performance evidence")
     return {
         "schema_version": SCHEMA_VERSION,
@@ -238,9 +238,11 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
 
 
 def default_stem(result: dict) -> str:
-    """``cpu_smoke`` for a CPU run, else ``<device-name-slug>_<dtype>`` (e.g. ``nvidia_h100_80gb_hbm3_bfloat16``)."""
+    """``cpu_smoke`` for a CPU run of the ``cpu-smoke`` preset, ``cpu_<preset>`` for other CPU runs, else
+    ``<device-name-slug>_<dtype>`` (e.g. ``nvidia_h100_80gb_hbm3_bfloat16``)."""
     if result["kind"] == "cpu_smoke":
-        return "cpu_smoke"
+        preset = result["settings"]["preset"]["name"]
+        return "cpu_smoke" if preset == "cpu-smoke" else "cpu_" + preset.replace("-", "_")
     slug = re.sub(r"[^a-z0-9]+", "_", result["environment"]["device_name"].lower()).strip("_")
     return f"{slug}_{result['settings']['dtype']}"
 
