@@ -134,3 +134,28 @@ def test_extract_rejects_a_smaller_teacher():
         extract_submatrix(torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), (4, 2))
     with pytest.raises(ValueError, match="member indices"):
         extract_submatrix(torch.zeros(3, 3), torch.zeros(3), torch.zeros(3), (2, 2), members=torch.tensor([5]))
+
+
+def test_awareness_through_a_patched_model_equals_the_base_model():
+    """Regression: hooks on RoutedLoRALinear.base_layer never fired (the fused op bypasses it), so Φ was 0."""
+    from lora_route.methods import RoutedLoRAConfig
+    from lora_route.patch import apply_routed_lora, route, routed_modules
+
+    def build():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2)
+        return LlamaForCausalLM(config).eval()
+
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    batch = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}]
+    plain = build()
+    expected = neuron_awareness(plain, batch, {"m": plain.model.layers[1].mlp.up_proj})["m"]
+    patched = apply_routed_lora(build(), RoutedLoRAConfig(method="mlas", languages=["en", "de"], r=2, dropout=0.0))
+    module = routed_modules(patched)["model.layers.1.mlp.up_proj"]
+    with route(patched, "en", "de"):
+        got = neuron_awareness(patched, batch, {"m": module})["m"]
+    assert bool((expected.output > 0).all())
+    assert torch.allclose(got.output, expected.output, rtol=1e-4) and torch.allclose(got.input, expected.input, rtol=1e-4)

@@ -38,3 +38,15 @@ def test_bad_inputs():
         low_rank_factors(torch.zeros(3, 3), 1, scaling=0.0)
     with pytest.raises(ValueError, match="NaN"):
         low_rank_factors(torch.full((2, 2), float("nan")), 1)
+
+
+def test_randomised_path_for_large_matrices_is_close_to_exact():
+    gen = torch.Generator().manual_seed(2)
+    matrix = torch.randn(300, 160, generator=gen, dtype=torch.float64)  # flat spectrum: the hard case
+    exact_b, exact_a = low_rank_factors(matrix, 8, exact=True)
+    b, a = low_rank_factors(matrix, 8)  # 160 > 4·18: randomised
+    optimum = discarded_energy(matrix, 8)
+    error = float(((matrix - b @ a) ** 2).sum())
+    assert optimum <= error <= 1.01 * optimum
+    assert float(((matrix - exact_b @ exact_a) ** 2).sum()) == pytest.approx(optimum)
+    assert torch.equal(b, low_rank_factors(matrix, 8)[0])  # seeded: deterministic

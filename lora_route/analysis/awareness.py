@@ -85,10 +85,11 @@ def causal_lm_loss_sum(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[T
 def neuron_awareness(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
-    modules: Mapping[str, nn.Linear],
+    modules: Mapping[str, nn.Module],
     loss_fn: LossFn = causal_lm_loss_sum,
 ) -> dict[str, AwarenessScores]:
-    """Φ per output and input unit of every module in ``modules`` (name → ``nn.Linear`` inside ``model``).
+    """Φ per output and input unit of every module in ``modules`` (name → ``nn.Linear`` or ``RoutedLoRALinear``
+    inside ``model``; hook the routed module itself, not its ``base_layer``, which the fused kernel bypasses).
 
     Real backward passes through ``model`` over ``batches``; parameters get no gradients (their ``requires_grad``
     flags are restored afterwards), only the activations do: the graph starts at the input embeddings (HF models),
@@ -98,8 +99,10 @@ def neuron_awareness(
     if not modules:
         raise ValueError("neuron_awareness needs at least one module")
     for name, module in modules.items():
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"module {name!r} is a {type(module).__name__}, not an nn.Linear")
+        if not isinstance(module, nn.Module) or not all(
+                isinstance(getattr(module, attr, None), int) for attr in ("in_features", "out_features")):
+            raise TypeError(f"module {name!r} is a {type(module).__name__}, not a linear layer "
+                            "(nn.Linear or RoutedLoRALinear)")
     out_acc = {name: torch.zeros(m.out_features, dtype=torch.float64) for name, m in modules.items()}
     in_acc = {name: torch.zeros(m.in_features, dtype=torch.float64) for name, m in modules.items()}
 

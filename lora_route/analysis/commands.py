@@ -146,16 +146,34 @@ def _run_neurons(args) -> int:
     from .mlas import MLASInit, initialise_mlas, teacher_route
 
     out = Path(args.out)
-    directions = _directions(args)
+    if args.train and not args.recipe:
+        raise SystemExit("--train needs --recipe (the recipe whose stages train the initialised adapters)")
+    recipe = None
+    if args.recipe:
+        from ..data.sampling import directions_for
+        from ..train.config import load_recipe
+        from .mlas import ablation_method
+
+        recipe = load_recipe(args.recipe)
+        config = recipe.adapter_config()
+        if config.method != ablation_method(args.ablation):
+            raise SystemExit(f"ablation {args.ablation} initialises method {ablation_method(args.ablation)!r} but "
+                             f"{args.recipe} has adapter method {config.method!r}")
+        args.model, args.languages = recipe.model.name_or_path, ",".join(config.languages)
+        directions = list(config.directions or directions_for(recipe.stages[0].directions, config.languages))
+    else:
+        directions = _directions(args)
+        config = _adapter_config(args, directions)
+    if recipe is not None and args.init_out is None:
+        args.init_out = str(out / "adapters")
     model, tokenizer = _load(args)
     pairs = _pairs(args, "dev", directions, args.per_direction)
     init = MLASInit.from_ablation(args.ablation, threshold=args.threshold, seed=args.seed, scale=args.init_scale)
-    config = _adapter_config(args, directions)
     if args.init_out is None:
         # Awareness report only: the modules the adapter config would patch.
         batches = _batches(pairs, tokenizer, args)
         apply_routed_lora(model, config)
-        linears = {name: module.base_layer for name, module in routed_modules(model).items()}
+        linears = routed_modules(model)  # the routed modules themselves: the fused op bypasses base_layer
         report: dict[str, Any] = {"threshold": args.threshold, "directions": ["-".join(d) for d in directions],
                                   "modules": {}}
         phi = {}
@@ -187,6 +205,19 @@ def _run_neurons(args) -> int:
     path = _save(out, "mlas_init.json", report)
     print(json.dumps({"ablation": args.ablation, "method": config.method,
                       "teacher_layers": report.get("teacher_layers"), "adapters": str(folder), "report": str(path)}))
+    if args.train:
+        from ..train.distributed import setup_distributed, teardown_distributed
+        from ..train.recipe import run_recipe
+
+        if teacher is not model:
+            del teacher
+        ctx = setup_distributed(args.device)
+        try:
+            summaries = run_recipe(recipe, ctx, model=model.to(ctx.device), tokenizer=tokenizer)
+        finally:
+            teardown_distributed(ctx)
+        print(json.dumps({name: {"steps": s["steps"], "first_loss": s["first_loss"], "last_loss": s["last_loss"]}
+                          for name, s in summaries.items()}))
     return 0
 
 
@@ -273,6 +304,11 @@ def add_analyze_command(subparsers) -> argparse.ArgumentParser:
                          help="factor on the SVD-initialised ΔW (1.0 = the paper)")
     neurons.add_argument("--init-out", default=None,
                          help="MLAS-initialise the adapters and save them (lora_route checkpoint) into this folder")
+    neurons.add_argument("--recipe", default=None,
+                         help="take model, languages, directions and adapter config from a training recipe "
+                              "(configs/mlas-demo.yaml); --init-out defaults to <out>/adapters")
+    neurons.add_argument("--train", action="store_true",
+                         help="with --recipe: train the recipe's stages starting from the MLAS-initialised adapters")
     neurons.set_defaults(func=_run_neurons)
 
     conflicts = commands.add_parser(

@@ -210,17 +210,20 @@ def initialise_mlas(
     })
 
     teacher_names = {name: teacher_module_name(name, layer_map[_split_name(name)[0]]) for name in modules}
-    teacher_linears = {t: _linear(teacher.get_submodule(t), t) for t in set(teacher_names.values())}
+    # Hook the teacher's modules themselves: a RoutedLoRALinear runs the fused op on its base weight without calling
+    # base_layer, so hooks there would never fire. Weights come from the base linear layer.
+    teacher_modules = {t: teacher.get_submodule(t) for t in set(teacher_names.values())}
+    teacher_weights = {t: _linear(module, t).weight for t, module in teacher_modules.items()}
     scores = {}
     for d in directions:
         with teacher_route(teacher, d):
-            scores[d] = neuron_awareness(teacher, batches[d], teacher_linears)
+            scores[d] = neuron_awareness(teacher, batches[d], teacher_modules)
 
     factors: dict[str, dict[int | str, tuple[Tensor, Tensor]]] = {}
     module_reports: dict[str, Any] = {}
     for name, module in modules.items():
         t_name = teacher_names[name]
-        weight = teacher_linears[t_name].weight.detach()
+        weight = teacher_weights[t_name].detach()
         phi_out = torch.stack([scores[d][t_name].output for d in directions])
         phi_in = torch.stack([scores[d][t_name].input for d in directions])
         split = split_neurons(phi_out, init.threshold)
