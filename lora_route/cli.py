@@ -12,6 +12,8 @@ SUBCOMMANDS = (
     ("lora_route.bench", "add_bench_command"),
     ("lora_route.report", "add_compare_command"),
     ("lora_route.merging", "add_merge_command"),
+    ("lora_route.train.cli", "add_train_command"),
+    ("lora_route.analysis.commands", "add_analyze_command"),
 )
 
 
