@@ -231,3 +231,21 @@ def test_compare_tables_and_command(tmp_path, capsys):
     assert "| base |" in printed and "| tuned |" in printed and "en→de" in printed
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         load_run(tmp_path / "nothing")
+
+
+def test_load_test_pairs_local_and_errors(tmp_path):
+    from lora_route.data.corpus import TranslationPair, write_pairs_jsonl
+    from lora_route.evaluate_cli import load_test_pairs
+
+    pairs = [TranslationPair("en", "de", f"file {i}", f"Datei {i}") for i in range(5)]
+    pairs += [TranslationPair("de", "en", f"Datei {i}", f"file {i}") for i in range(3)]
+    write_pairs_jsonl(pairs, tmp_path / "test.jsonl")
+    got = load_test_pairs("local", ["en", "de"], path=str(tmp_path / "test.jsonl"), per_direction=2)
+    assert [(p.src_lang, p.tgt_lang) for p in got] == [("en", "de")] * 2 + [("de", "en")] * 2
+    with pytest.raises(ValueError, match=r"no pairs for \['en-zh'\]"):
+        load_test_pairs("local", ["en", "de", "zh"], directions=[("en", "de"), ("en", "zh")],
+                        path=str(tmp_path / "test.jsonl"))
+    with pytest.raises(ValueError, match="unknown test source"):
+        load_test_pairs("wmt", ["en", "de"])
+    with pytest.raises(ValueError, match="needs --test-path"):
+        load_test_pairs("local", ["en", "de"])

