@@ -86,8 +86,8 @@ def demo_directions(size: DemoSize) -> tuple[list[tuple[str, str]], list[tuple[s
 
 
 # CPU sizing from ASSETS.md (2 cores, fp32): ~5.6 s per training step at batch 8, ~1.3 s per decoded message.
-# cpu: 120 steps ≈ 11 min of training per method family... split as LoRA 120 + UniLoRA 72+48; 4 evaluations of
-# 6 directions × 12 messages. gpu: five languages, 4 of 12 non-English directions supervised, 8 zero-shot.
+# cpu: LoRA 72 steps + UniLoRA 48+24 steps ≈ 144 × 5.6 s ≈ 13.5 min, plus 4 evaluations of 6 directions × 12
+# messages ≈ 6 min. gpu: five languages, 4 of 12 non-English directions supervised, 8 zero-shot.
 SIZES = {
     "tiny": DemoSize("tiny", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=5e-4,
                      r=4, r_uni=8, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
