@@ -119,3 +119,18 @@ def test_train_command(tmp_path, capsys):
     args = parser.parse_args(["train", str(write_recipe(tmp_path)), "--set", "training.lr=-1"])
     with pytest.raises(ValueError, match="training.lr"):
         args.func(args)
+
+
+@pytest.mark.integration
+def test_embedded_demo_recipe_two_steps_per_stage(tmp_path):
+    """configs/unilora-demo.yaml on the real Gemma 3 270M and gettext corpus, shortened: dev loss falls."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "unilora-demo.yaml"
+    recipe = load_recipe(config, [f"output_dir={tmp_path}", "stages.0.training.max_steps=2",
+                                  "stages.1.training.max_steps=2", "data.max_length=64", "data.max_chars=60",
+                                  "data.dev_per_direction=2"])
+    summaries = run_recipe(recipe, setup_distributed("cpu"), progress=False)
+    for summary in summaries.values():
+        assert summary["completed"] and summary["dev_losses"][-1]["dev_loss"] < summary["dev_losses"][0]["dev_loss"]
+    assert (tmp_path / "stage2" / "adapters" / "adapter_config.json").is_file()
