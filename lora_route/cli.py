@@ -14,6 +14,9 @@ SUBCOMMANDS = (
     ("lora_route.merging", "add_merge_command"),
     ("lora_route.train.cli", "add_train_command"),
     ("lora_route.analysis.commands", "add_analyze_command"),
+    ("lora_route.evaluate_cli", "add_evaluate_command"),
+    ("lora_route.pseudo", "add_pseudo_command"),
+    ("lora_route.demo", "add_demo_command"),
 )
 
 
