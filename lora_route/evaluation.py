@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .langid import EMPTY, NO_LANGUAGE, LanguageIdentifier, normalize_language_code
+from .langid import NO_LANGUAGE, LanguageIdentifier, normalize_language_code
 from .report import plot_heatmap, read_jsonl, save_matrix_json, write_json, write_jsonl
 
 Direction = tuple[str, str]
