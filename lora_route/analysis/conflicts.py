@@ -342,7 +342,7 @@ def plot_delta_heatmaps(result: Mapping[str, Any], path: str | os.PathLike) -> P
     plt = _pyplot()
     deltas = result["delta"]
     languages = result["languages"]
-    fig, axes = plt.subplots(1, len(deltas), figsize=(4.2 * len(deltas), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(deltas), figsize=(4.6 * len(deltas), 3.8), squeeze=False, constrained_layout=True)
     values = [v for d in deltas.values() for row in d["matrix"] for v in row if v is not None]
     bound = max((abs(v) for v in values), default=1.0) or 1.0
     for ax, (strategy, data) in zip(axes[0], deltas.items()):
@@ -372,7 +372,7 @@ def plot_gradient_heatmaps(conflicts: GradientConflicts, path: str | os.PathLike
     worst = min(range(len(means)), key=means.__getitem__)
     panels = [("all layers", conflicts.overall), (f"layer {conflicts.layers[worst]} (most conflict)",
                                                   conflicts.cosine[worst])]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), squeeze=False, constrained_layout=True)
     for ax, (title, matrix) in zip(axes[0], panels):
         image = ax.imshow(matrix.numpy(), cmap="RdBu", vmin=-1, vmax=1)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
