@@ -386,6 +386,11 @@ def _demo_main(args: argparse.Namespace) -> int:
                  if v is not None}
     if overrides:
         size = replace(size, **overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        import torch
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if args.size == "gpu" else "cpu")
     summary = run_demo(args.out, size, model_name=args.model, device=device, seed=args.seed, comet=args.comet,
                        progress=not args.no_progress)
@@ -412,6 +417,9 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--stage2-steps", type=int, default=None, help="override UniLoRA stage-2 steps")
     parser.add_argument("--comet", nargs="?", const="Unbabel/wmt22-comet-da", default=None,
                         help="also COMET-22 (model name or local checkpoint; needs unbabel-comet)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 is faster on a machine shared with "
+                             "other busy processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_demo_main)
     return parser

@@ -190,3 +190,15 @@ def test_demo_tiny_size_on_the_embedded_model(tmp_path):
     assert summary["training"]["unilora_stage2"]["stage2"]["steps"] == SIZES["tiny"].stage2_steps
     for name in ("summary.md", "samples.md", "base/heatmap_bleu.png", "unilora_stage2/outputs.jsonl"):
         assert (out / name).is_file(), name
+
+
+def test_demo_command_rejects_bad_threads():
+    import argparse
+
+    from lora_route.demo import add_demo_command
+
+    parser = argparse.ArgumentParser()
+    add_demo_command(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--size", "tiny", "--threads", "0"])
+    with pytest.raises(SystemExit, match="--threads must be >= 1"):
+        args.func(args)
