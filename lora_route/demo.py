@@ -52,7 +52,6 @@ class DemoSize:
     num_beams: int
     eval_batch_size: int
     dev_per_direction: int
-    replay_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("stage1_steps", "stage2_steps", "batch_size", "r", "r_uni", "test_per_direction",
@@ -62,9 +61,16 @@ class DemoSize:
                 raise ValueError(f"DemoSize.{name} must be a positive int, got {value!r}")
         if not isinstance(self.dev_per_direction, int) or self.dev_per_direction < 0:
             raise ValueError(f"DemoSize.dev_per_direction must be an int >= 0, got {self.dev_per_direction!r}")
-        if not 0 <= self.replay_fraction <= 1 or self.lr <= 0:
-            raise ValueError("DemoSize.replay_fraction must be in [0, 1] and lr > 0")
+        if self.lr <= 0:
+            raise ValueError(f"DemoSize.lr must be > 0, got {self.lr!r}")
         demo_directions(self)
+
+    @property
+    def replay_fraction(self) -> float:
+        """Share of stage-1 pairs replayed in stage 2, so that replay is a third of stage 2's data as in UniLoRA
+        (5 % of 10 × 20k English-centric pairs next to ~20k any-to-any pairs). With 5 % of the demo's small stage 1,
+        a few stage-2 steps on one direction through the shared UniCore undo the English-centric directions."""
+        return min(1.0, self.stage2_steps / (2 * self.stage1_steps))
 
     @property
     def lora_steps(self) -> int:
@@ -282,7 +288,7 @@ class DemoRunner:
     def write_report(self) -> dict[str, Any]:
         runs = {name: result.to_dict() for name, result in self.results.items()}
         summary = {
-            "size": asdict(self.size),
+            "size": {**asdict(self.size), "replay_fraction": self.size.replay_fraction},
             "directions": {"en_centric": [f"{s}-{t}" for s, t in self.en_centric],
                            "supervised_non_english": [f"{s}-{t}" for s, t in self.supervised],
                            "zero_shot": [f"{s}-{t}" for s, t in self.zero_shot]},

@@ -59,6 +59,9 @@ def test_recipes_parse_and_share_the_budget(tmp_path):
     assert steps(lora) == steps(uni) == size.stage1_steps + size.stage2_steps
     assert uni.stages[0].directions == "en_centric" and uni.stages[1].directions == ["de-zh"]
     assert uni.stages[1].replay_from == "stage1" and uni.stages[1].replay_fraction == size.replay_fraction
+    stage1_pairs = 4 * uni.stages[0].cap_per_direction
+    stage2_pairs = uni.stages[1].cap_per_direction
+    assert size.replay_fraction * stage1_pairs == pytest.approx(stage2_pairs / 2)     # replay = 1/3 of stage 2
     assert sorted(lora.stages[0].directions) == ["de-en", "de-zh", "en-de", "en-zh", "zh-en"]
 
 
