@@ -7,7 +7,7 @@ multi-way aligned through the English message):
 2. the base model, evaluated on every direction;
 3. a LoRA baseline trained on every supervised direction for the same number of steps as UniLoRA's two stages;
 4. UniLoRA stage 1 (English-centric directions only), evaluated, then stage 2 (the supervised non-English
-   directions + 5 % replay of stage 1), evaluated;
+   directions + a replay of stage-1 pairs making up a third of its data), evaluated;
 5. a report folder: per-run outputs/metrics/matrices/heatmaps, ``summary.md`` (base vs LoRA vs UniLoRA,
    supervised vs zero-shot directions), ``samples.md`` and ``demo.json``.
 
@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .atomic import write_text_atomic
 from .data.corpus import TranslationPair, parse_direction
 from .evaluation import CometScorer, EvaluationResult, evaluate_model, load_outputs
 from .langid import LanguageIdentifier
-from .report import atomic_write_text, direction_table, summary_table, write_json, write_jsonl
+from .report import direction_table, summary_table, write_json, write_jsonl
 
 PIVOT = "en"
 RUN_NAMES = ("base", "lora", "unilora_stage1", "unilora_stage2")
@@ -299,8 +300,8 @@ class DemoRunner:
             "groups": {name: run["groups"] for name, run in runs.items()},
         }
         write_json(self.out / "demo.json", summary)
-        atomic_write_text(self.out / "summary.md", self.summary_markdown(runs))
-        atomic_write_text(self.out / "samples.md", self.samples_markdown())
+        write_text_atomic(self.out / "summary.md", self.summary_markdown(runs))
+        write_text_atomic(self.out / "samples.md", self.samples_markdown())
         return summary
 
     def summary_markdown(self, runs: dict[str, dict]) -> str:
