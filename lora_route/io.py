@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -27,9 +26,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_path
 from .methods import RoutedLoRAConfig
-from .patch import (apply_routed_lora, direction_routes, find_targets, merged_direction, routed_modules,
-                    set_merged_direction, unwrap)
+from .patch import (
+    apply_routed_lora,
+    direction_routes,
+    find_targets,
+    merged_direction,
+    routed_modules,
+    set_merged_direction,
+    unwrap,
+)
 from .routing import direction_key
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,16 +49,8 @@ _IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidde
 # ------------------------------------------------------------------------------------------------- file helpers
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Run ``write(temp_path)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_path(path) as temporary:
+        write(str(temporary))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from .atomic import atomic_path, write_text_atomic
 
 # Groups and metrics of the papers' summary table, in column order.
 TABLE_GROUPS = (("en_centric", "En-centric"), ("non_english", "non-En-centric"), ("zero_shot", "zero-shot"),
@@ -19,30 +20,16 @@ TABLE_GROUPS = (("en_centric", "En-centric"), ("non_english", "non-En-centric"),
 TABLE_METRICS = (("bleu", "BLEU"), ("chrf", "chrF++"), ("comet", "COMET"), ("off_target_rate", "off-tgt %"))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomic, pretty-printed UTF-8 JSON (NaN is refused: missing values must be ``null``)."""
-    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+    return write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
     """Atomic JSON-lines file, one record per line."""
-    return atomic_write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records))
+    return write_text_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -104,18 +91,12 @@ def plot_heatmap(path: str | os.PathLike, matrix: Sequence[Sequence[float | None
                         color="black" if values[i, j] > middle else "white", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as temporary:
+            fig.savefig(temporary, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def _check_matrix(matrix: Sequence[Sequence[float | None]], languages: Sequence[str]) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_path
 from ..report import write_json
 from .awareness import causal_lm_loss_sum
 
@@ -325,15 +325,8 @@ def _pyplot():
 
 
 def _save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".png") as temporary:
+        fig.savefig(temporary, dpi=120, bbox_inches="tight")
     return path
 
 

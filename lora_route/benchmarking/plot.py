@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from .report import publish
+from ..atomic import atomic_path
 
 PROVIDER_COLORS = {
     "base": "#7f7f7f", "peft_single": "#1f77b4", "peft_mixed": "#d62728", "naive_loop": "#ff7f0e",
@@ -89,15 +88,9 @@ def write_plot_atomic(result: dict, path: str | os.PathLike) -> Path:
     fig.suptitle(f"{result['label']}\n{env['device_name']} · {result['settings']['dtype']} · torch {env['torch']} · "
                  f"triton {env['triton']} · CUDA {env['torch_cuda']}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.91))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        fig.savefig(temporary, format="png", dpi=110)
-        publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as temporary:
+            fig.savefig(temporary, format="png", dpi=110)
     finally:
         plt.close(fig)
     return path

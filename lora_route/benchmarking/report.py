@@ -5,13 +5,13 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from .. import __version__, backends
+from ..atomic import write_text_atomic
 from ..ops import DECODE_MAX_ROWS
 
 SCHEMA_VERSION = 1
@@ -101,28 +101,9 @@ def add_training_ratios(training_results: list[dict]) -> None:
         row["memory_ratio_to_single_lora"] = value / best_memory if value is not None and best_memory else None
 
 
-def publish(temporary: str | os.PathLike, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it onto ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
-
-
 def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def fastest_backends(layer_results: list[dict]) -> list[dict]:

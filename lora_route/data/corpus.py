@@ -5,11 +5,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..atomic import atomic_path
 
 SPLITS = ("train", "dev", "test")
 _LANG_RE = re.compile(r"^[a-z]{2,3}(?:[_-][A-Za-z0-9]{2,8})*$")
@@ -101,15 +102,7 @@ def direction_counts(pairs: Iterable[TranslationPair]) -> dict[str, int]:
 
 def write_pairs_jsonl(pairs: Iterable[TranslationPair], path: str | os.PathLike) -> Path:
     """Write pairs as JSON lines (fields src_lang, tgt_lang, src, tgt, origin), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for pair in pairs:
-                out.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as out:
+        for pair in pairs:
+            out.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
+    return Path(path)

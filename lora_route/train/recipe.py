@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_text_atomic
 from ..data.collate import encode_pairs
 from ..data.corpus import TranslationPair, direction_counts
 from ..data.gettext_corpus import load_gettext_corpus
@@ -110,9 +110,7 @@ def _stage_done(stage_dir: Path, fingerprint: str) -> bool:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
 
 
 def run_recipe(recipe: RecipeConfig, ctx: DistContext, *, resume: bool = False, stop_after_steps: int | None = None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import write_text_atomic
 from ..data.collate import Batch, EncodedPair, collate
 from ..patch import load_balancing_loss, route
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -202,9 +202,7 @@ class Trainer:
             return
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def _save(self, step: int) -> Path:
         return save_checkpoint(self.output_dir, step, model=self.model, optimizer=self.optimizer,
