@@ -256,13 +256,18 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"{name}: {value!r} is not one of {allowed}")
 
 
-def _build(cls, raw: Any, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+def _reject_unknown_keys(cls, raw: dict, where: str) -> None:
+    """Raise ConfigError naming the keys of ``raw`` that are not fields of the dataclass ``cls``."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    _reject_unknown_keys(cls, raw, where)
     required = [f.name for f in fields(cls)
                 if f.name not in raw and f.default is MISSING and f.default_factory is MISSING]
     if required:
@@ -330,10 +335,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> RecipeConfig:
     raw = _numbers(raw)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe is a mapping, got {type(raw).__name__}")
-    allowed = {f.name for f in fields(RecipeConfig)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    _reject_unknown_keys(RecipeConfig, raw, source)
     for key in ("name", "output_dir", "adapter", "stages"):
         if key not in raw:
             raise ConfigError(f"{source}: missing key {key!r}")
