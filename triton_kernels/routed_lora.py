@@ -18,11 +18,14 @@ last real tile exit at once. The bank-gradient kernels are deterministic without
 unused bank entries come out as zeros. When the banks are too few to fill the device (plain LoRA: one adapter), each
 bank's rows are cut into a fixed number of BLOCK_M-aligned splits whose fp32 partial sums are added by
 ``torch.sum`` over the split axis, again in a fixed order. Accumulation is fp32 throughout; rank-space
-intermediates (zc, h, k) live in fp32 workspaces of (T, r).
+intermediates (zc, h, k) live in fp32 workspaces of (T, r). Every product takes its operands in the input dtype
+(rank-space values are rounded to it first, as the torch backend's matmuls do), so fp16/bf16 products run on tensor
+cores; fp32 inputs multiply in IEEE fp32.
 
-Tile sizes are chosen for an H100: 64-row tiles, 64-wide reduction chunks over d_in / d_out, 128-wide output
-column tiles, the rank padded to a power of two >= 16 (the smallest ``tl.dot`` extent) and held whole in one tile,
-which limits the rank to ``MAX_RANK``.
+Tile sizes are chosen for an H100: 64-row tiles (32 at rank 128), 64-wide reduction chunks over d_in / d_out,
+128-wide output column tiles, the rank padded to a power of two >= 16 (the smallest ``tl.dot`` extent) and held whole
+in one tile, which limits the rank to ``MAX_RANK``. ``tests/triton_cubins.py`` compiles every launch for sm_80 and
+sm_90 without a GPU and reads registers, spills and shared memory from the cubins.
 """
 from __future__ import annotations
 
@@ -38,10 +41,10 @@ from lora_route.plan import RoutePlan
 # ------------------------------------------------------------------------------------------------------ constants
 MAX_RANK = 128  # the rank is held whole in one register tile (needed to fuse the core U)
 MIN_DOT_EXTENT = 16  # tl.dot needs every block extent >= 16
-BLOCK_M_MAX = 64  # rows per row tile
+BLOCK_M_MAX = 64  # rows per row tile; half of it at rank 128, where 64 rows spill registers in the backward
 BLOCK_K = 64  # reduction chunk over d_in (shrink) or d_out (grad shrink); 32 once the padded rank is 128
 BLOCK_N = 128  # output columns per program (expand, dx, bank gradients)
-NUM_WARPS = 4  # 8 once the padded rank reaches 128 (rank-space tiles of 64 x 128 fp32)
+NUM_WARPS = 4  # 8 once the padded rank reaches 128 (128 x 128 core tiles)
 ROUTE_A, ROUTE_U, ROUTE_B = 0, 1, 2  # columns of RoutePlan.segment_routes
 MIN_ROWS_PER_SPLIT = 256  # bank gradients split a bank's rows only into chunks of at least this many rows
 H100_SMS = 132
@@ -100,10 +103,10 @@ def _shrink_kernel(
     tl.store(z_ptr + out_offs, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
     if HAS_U:
         u = tl.load(segment_routes_ptr + seg * 3 + 1)
-        # (j, q) tile of U[u]: zc[m, q] = sum_j z[m, j] U[q, j]
+        # (j, q) tile of U[u]: zc[m, q] = sum_j z[m, j] U[q, j], from z as stored (the backward recomputes zc so)
         u_t = tl.load(u_ptr + u * rank * rank + offs_r[None, :] * rank + offs_r[:, None],
                       mask=r_mask[:, None] & r_mask[None, :], other=0.0)
-        acc = tl.dot(acc, u_t.to(tl.float32), input_precision="ieee")
+        acc = _dot(acc.to(u_t.dtype), u_t, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), UPCAST)
     tl.store(zc_ptr + out_offs, acc, mask=out_mask)
 
 
@@ -176,12 +179,13 @@ def _grad_shrink_kernel(
         g = _dot(dy_tile, b_tile, g, UPCAST)
     rank_offs = rows[:, None] * rank + offs_r[None, :]
     rank_mask = row_mask[:, None] & r_mask[None, :]
-    zc = tl.load(z_ptr + rank_offs, mask=rank_mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + rank_offs, mask=rank_mask, other=0.0)
+    zc = z.to(tl.float32)
     if HAS_U:
         u = tl.load(segment_routes_ptr + seg * 3 + 1)
         u_t = tl.load(u_ptr + u * rank * rank + offs_r[None, :] * rank + offs_r[:, None],
                       mask=r_mask[:, None] & r_mask[None, :], other=0.0)
-        zc = tl.dot(zc, u_t.to(tl.float32), input_precision="ieee")
+        zc = _dot(z, u_t, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), UPCAST)
     if STORE_ZC:
         tl.store(zc_ptr + rank_offs, zc, mask=rank_mask)
     row_scale = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
@@ -198,7 +202,7 @@ def _grad_shrink_kernel(
             u = tl.load(segment_routes_ptr + seg * 3 + 1)
             u_tile = tl.load(u_ptr + u * rank * rank + offs_r[:, None] * rank + offs_r[None, :],
                              mask=r_mask[:, None] & r_mask[None, :], other=0.0)
-            h = tl.dot(h, u_tile.to(tl.float32), input_precision="ieee")
+            h = _dot(h.to(u_tile.dtype), u_tile, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), UPCAST)
         tl.store(k_ptr + rank_offs, h, mask=rank_mask)
 
 
@@ -258,8 +262,9 @@ def _upcast_dots(dtype: torch.dtype) -> bool:
 def _block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_K, BLOCK_R)``: row-tile height (smaller for decode-sized batches), reduction chunk and the
     padded rank."""
-    block_m = min(BLOCK_M_MAX, max(MIN_DOT_EXTENT, triton.next_power_of_2(num_rows)))
     block_r = max(MIN_DOT_EXTENT, triton.next_power_of_2(rank))
+    block_m = min(BLOCK_M_MAX if block_r < 128 else BLOCK_M_MAX // 2,
+                  max(MIN_DOT_EXTENT, triton.next_power_of_2(num_rows)))
     return block_m, BLOCK_K if block_r < 128 else BLOCK_K // 2, block_r
 
 
