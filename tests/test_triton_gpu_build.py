@@ -28,8 +28,8 @@ SHARED_LIMIT = {80: 99 * 1024, 90: 227 * 1024}
 def cubins() -> list[dict]:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("triton_cubins.py")
-    result = subprocess.run([sys.executable, str(script), *map(str, ARCHS)], capture_output=True, text=True,
-                            env=env, timeout=900)
+    result = subprocess.run([sys.executable, str(script), *map(str, ARCHS)], check=False, capture_output=True,
+                            text=True, env=env, timeout=900)
     assert result.returncode == 0, f"compiling the Triton launches failed:\n{result.stderr[-4000:]}"
     return json.loads(result.stdout)
 

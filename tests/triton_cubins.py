@@ -47,8 +47,9 @@ class RecordingKernel:
 
 def record_launches() -> list[tuple[str, tuple, dict]]:
     """Distinct (kernel name, args, kwargs) launches of a forward and a full backward over :data:`SHAPES`."""
-    from lora_route import plan_routes
     from lora_route.triton_kernels import routed_lora
+
+    from lora_route import plan_routes
 
     launches: list = []
     originals = {name: getattr(routed_lora, name) for name in KERNELS}
