@@ -64,6 +64,9 @@ class DemoSize:
             raise ValueError(f"DemoSize.dev_per_direction must be an int >= 0, got {self.dev_per_direction!r}")
         if self.lr <= 0:
             raise ValueError(f"DemoSize.lr must be > 0, got {self.lr!r}")
+        if not self.stage2_directions:
+            raise ValueError("DemoSize.stage2_directions must name at least one non-English direction "
+                             "(UniLoRA's stage 2 trains on them)")
         demo_directions(self)
 
     @property

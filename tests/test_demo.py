@@ -44,6 +44,8 @@ def test_directions_and_size_validation():
         replace(SIZES["cpu"], stage2_directions=("en-de",))
     with pytest.raises(ValueError, match="stage1_steps"):
         replace(SIZES["cpu"], stage1_steps=0)
+    with pytest.raises(ValueError, match="stage2_directions must name"):
+        replace(SIZES["cpu"], stage2_directions=())
     with pytest.raises(ValueError, match="unknown demo size"):
         run_demo("unused", "huge")
 
