@@ -73,9 +73,9 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, KERNELS))}")
     if kernel == "auto":
-        from .ops import DECODE_MAX_ROWS
+        from .ops import shape_class
 
-        gather = x.shape[0] <= DECODE_MAX_ROWS
+        gather = shape_class(x.shape[0]) == "decode"
     else:
         gather = kernel == "gather"
     module, _ = _extension()

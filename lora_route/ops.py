@@ -24,6 +24,10 @@ BACKEND_NAMES = ("cuda", "triton", "torch")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Rows at or below this count are decode-sized: one row per sequence, BGMV-style gather kernels.
 DECODE_MAX_ROWS = 256
+SHAPE_CLASSES = ("decode", "prefill_or_training")
+# backend="auto" on CUDA tensors tries the fast backends in this order per shape class, then torch. Not measured yet
+# (no GPU has run the benchmark): the order is to be set from a GPU run's ``auto_preference`` (benchmarks/).
+AUTO_PREFERENCE = {"decode": ("triton", "cuda"), "prefill_or_training": ("triton", "cuda")}
 
 __all__ = ["routed_lora_delta", "routed_linear", "plan_routes", "RoutePlan", "resolve_backend", "backends"]
 
@@ -60,19 +64,26 @@ def _unsupported_reason(name: str, x: Tensor, rank: int | None) -> str | None:
     return module.unsupported_reason(x, rank)
 
 
+def shape_class(num_rows: int) -> str:
+    """``"decode"`` for at most :data:`DECODE_MAX_ROWS` rows (one per sequence), else ``"prefill_or_training"``."""
+    return "decode" if num_rows <= DECODE_MAX_ROWS else "prefill_or_training"
+
+
 def resolve_backend(backend: str, x: Tensor, rank: int | None = None) -> str:
-    """Pick the backend for one call on ``x`` with adapters of rank ``rank``.
+    """Pick the backend for one call on ``x`` (..., d_in) with adapters of rank ``rank``.
 
     An explicit ``backend`` (or ``LORA_ROUTE_BACKEND`` when ``backend="auto"``) must be able to serve the call,
-    else ``ValueError``. ``"auto"`` on CUDA tensors takes Triton, then the compiled extension, then torch; on CPU
-    tensors it takes torch (Triton runs on CPU only under ``TRITON_INTERPRET=1``, which is for tests).
+    else ``ValueError``. ``"auto"`` on CUDA tensors takes the first backend of ``AUTO_PREFERENCE`` for the call's
+    :func:`shape_class` that can serve it, else torch; on CPU tensors it takes torch (Triton runs on CPU only under
+    ``TRITON_INTERPRET=1``, which is for tests).
     """
     if backend == "auto":
         backend = os.environ.get("LORA_ROUTE_BACKEND", "auto")
     if backend == "auto":
         if x.device.type != "cuda":
             return "torch"
-        for name in ("triton", "cuda"):
+        num_rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+        for name in AUTO_PREFERENCE[shape_class(num_rows)]:
             if _unsupported_reason(name, x, rank) is None:
                 return name
         return "torch"

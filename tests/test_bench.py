@@ -12,10 +12,11 @@ from lora_route.benchmarking import PRESETS, run_benchmark, write_results
 from lora_route.benchmarking.config import LAYER_PROVIDERS, Workload
 from lora_route.benchmarking.layer_bench import AGREEMENT_TOLERANCE, LayerBench
 from lora_route.benchmarking.naive import group_rows, naive_loop_linear
-from lora_route.benchmarking.report import write_json_atomic
+from lora_route.benchmarking.report import auto_preference, write_json_atomic
 from lora_route.benchmarking.targets import TARGETS, evaluate_targets
 from lora_route.benchmarking.timing import Timer, summarize
 from lora_route.benchmarking.workloads import row_adapters, sequence_adapters
+from lora_route.ops import shape_class
 
 LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kind", "tokens", "sequences", "seq_len",
               "popularity", "active_adapters", "provider", "status", "reason", "timing", "median_ms",
@@ -74,7 +75,49 @@ def test_smoke_layer_results_schema_and_agreement(smoke_run):
     assert len(result["plan_results"]) == len(workloads)
     choices = result["fastest_backends"]
     assert len(choices) == len(workloads) and all(c["fastest"] == "torch" for c in choices)  # the only one run
-    assert {c["shape_class"] for c in choices} == {"decode", "prefill_or_training"}
+    assert all(c["shape_class"] == shape_class(c["rows"]) for c in choices)
+    assert result["auto_preference"]["decode"]["order"] == ["torch"]  # the minimal preset's calls are all decode-sized
+    assert result["auto_preference"]["prefill_or_training"]["order"] == []
+
+
+def test_auto_preference_orders_backends_by_geometric_mean_slowdown():
+    def row(rows, **medians):
+        return {"shape_class": shape_class(rows), "median_ms": medians}
+
+    fastest = [row(64, triton=2.0, cuda=1.0, torch=8.0), row(256, triton=1.0, cuda=1.5, torch=4.0),
+               row(4096, triton=1.0, cuda=4.0, torch=5.0), row(4096, triton=3.0, cuda=2.0)]
+    preference = auto_preference(fastest)
+    decode = preference["decode"]
+    assert decode["order"] == ["cuda", "triton", "torch"]  # cuda: sqrt(1 * 1.5) < triton: sqrt(2 * 1)
+    assert decode["geomean_slowdown"]["cuda"] == pytest.approx(math.sqrt(1.5))
+    prefill = preference["prefill_or_training"]
+    assert prefill["order"] == ["triton", "cuda", "torch"]  # triton sqrt(1 * 1.5) < cuda sqrt(4 * 1)
+    assert prefill["rows_measured"] == {"triton": 2, "cuda": 2, "torch": 1}
+
+
+def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypatch):
+    from lora_route import ops
+
+    monkeypatch.setattr(ops, "_unsupported_reason", lambda name, x, rank: None)
+    monkeypatch.setattr(ops, "AUTO_PREFERENCE", {"decode": ("cuda", "triton"), "prefill_or_training": ("triton",)})
+    monkeypatch.delenv("LORA_ROUTE_BACKEND", raising=False)
+
+    class CudaTensor:  # the dispatcher reads device, dim, shape and numel only; no GPU needed
+        device = torch.device("cuda")
+
+        def __init__(self, *shape):
+            self.shape = shape
+
+        def dim(self):
+            return len(self.shape)
+
+        def numel(self):
+            return math.prod(self.shape)
+
+    assert ops.resolve_backend("auto", CudaTensor(ops.DECODE_MAX_ROWS, 8)) == "cuda"
+    assert ops.resolve_backend("auto", CudaTensor(2, ops.DECODE_MAX_ROWS // 2 + 1, 8)) == "triton"
+    monkeypatch.setattr(ops, "_unsupported_reason", lambda name, x, rank: None if name == "torch" else "absent")
+    assert ops.resolve_backend("auto", CudaTensor(4, 8)) == "torch"
 
 
 def test_smoke_training_results(smoke_run):

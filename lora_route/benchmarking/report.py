@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ import torch
 
 from .. import __version__, backends
 from ..atomic import write_text_atomic
-from ..ops import DECODE_MAX_ROWS
+from ..ops import SHAPE_CLASSES, shape_class
 
 SCHEMA_VERSION = 1
 RATIO_REFERENCES = ("base", "peft_single", "peft_mixed")
@@ -108,14 +109,32 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
 
 def fastest_backends(layer_results: list[dict]) -> list[dict]:
     """Per shape, workload and popularity: the fastest lora_route backend that ran and every backend's median —
-    the measurement behind ``backend="auto"`` (shape class ``decode`` up to ``lora_route.ops.DECODE_MAX_ROWS`` rows,
-    else ``prefill_or_training``)."""
+    the measurement behind ``backend="auto"``, labelled with the shape class that the dispatcher gives a call of
+    that many rows (:func:`lora_route.ops.shape_class`)."""
     groups: dict[tuple, dict[str, float]] = {}
     for row in layer_results:
         if row["status"] == "ok" and row["provider"].startswith("lora_route_"):
             key = (row["shape"], row["workload"], row["kind"], row["tokens"], row["popularity"])
             groups.setdefault(key, {})[row["provider"].removeprefix("lora_route_")] = row["median_ms"]
     return [{"shape": shape, "workload": workload, "popularity": popularity, "rows": tokens,
-             "shape_class": "decode" if kind == "decode" and tokens <= DECODE_MAX_ROWS else "prefill_or_training",
-             "fastest": min(medians, key=medians.get), "median_ms": medians}
+             "shape_class": shape_class(tokens), "fastest": min(medians, key=medians.get), "median_ms": medians}
             for (shape, workload, kind, tokens, popularity), medians in groups.items()]
+
+
+def auto_preference(fastest: list[dict]) -> dict[str, dict]:
+    """Per shape class: the backends ordered by the geometric mean, over that class's rows of
+    :func:`fastest_backends` where they ran, of their median over the row's fastest median (1.0 = always fastest).
+    ``order`` without ``torch`` is what ``lora_route.ops.AUTO_PREFERENCE`` takes for that class."""
+    preference = {}
+    for name in SHAPE_CLASSES:
+        slowdowns: dict[str, list[float]] = {}
+        for row in fastest:
+            if row["shape_class"] == name:
+                best = min(row["median_ms"].values())
+                for backend, median in row["median_ms"].items():
+                    slowdowns.setdefault(backend, []).append(median / best)
+        geomean = {backend: math.exp(sum(map(math.log, values)) / len(values))
+                   for backend, values in slowdowns.items()}
+        preference[name] = {"order": sorted(geomean, key=geomean.get), "geomean_slowdown": geomean,
+                            "rows_measured": {backend: len(values) for backend, values in slowdowns.items()}}
+    return preference

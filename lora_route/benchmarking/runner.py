@@ -18,8 +18,8 @@ from .config import DTYPES, LAYER_PROVIDERS, TRAIN_PROVIDERS, BenchPreset
 from .errors import ProviderUnavailable
 from .layer_bench import AGREEMENT_TOLERANCE, LayerBench, time_plan_build
 from .plot import write_plot_atomic
-from .report import (SCHEMA_VERSION, add_ratios, add_training_ratios, environment, fastest_backends,
-                     write_json_atomic)
+from .report import (SCHEMA_VERSION, add_ratios, add_training_ratios, auto_preference, environment,
+                     fastest_backends, write_json_atomic)
 from .targets import evaluate_targets, issue_reference
 from .timing import Timer
 from .training_bench import DIRECTIONS, build_small_llama, make_batch, run_training_provider, training_providers
@@ -232,6 +232,7 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
                             **asdict(preset.train), "directions": len(DIRECTIONS)} if run_training else None),
         "training_results": training,
         "fastest_backends": fastest_backends(layer),
+        "auto_preference": auto_preference(fastest_backends(layer)),
         "targets": evaluate_targets(layer, training, env, preset.dtype),
         "issue_reference": issue_reference(layer),
     }
