@@ -11,6 +11,7 @@ see :func:`resolve_backend`. This module knows nothing about languages.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -82,8 +83,7 @@ def resolve_backend(backend: str, x: Tensor, rank: int | None = None) -> str:
     if backend == "auto":
         if x.device.type != "cuda":
             return "torch"
-        num_rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-        for name in AUTO_PREFERENCE[shape_class(num_rows)]:
+        for name in AUTO_PREFERENCE[shape_class(math.prod(x.shape[:-1]))]:
             if _unsupported_reason(name, x, rank) is None:
                 return name
         return "torch"

@@ -102,17 +102,11 @@ def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypat
     monkeypatch.setattr(ops, "AUTO_PREFERENCE", {"decode": ("cuda", "triton"), "prefill_or_training": ("triton",)})
     monkeypatch.delenv("LORA_ROUTE_BACKEND", raising=False)
 
-    class CudaTensor:  # the dispatcher reads device, dim, shape and numel only; no GPU needed
+    class CudaTensor:  # the dispatcher reads device and shape only; no GPU needed
         device = torch.device("cuda")
 
         def __init__(self, *shape):
             self.shape = shape
-
-        def dim(self):
-            return len(self.shape)
-
-        def numel(self):
-            return math.prod(self.shape)
 
     assert ops.resolve_backend("auto", CudaTensor(ops.DECODE_MAX_ROWS, 8)) == "cuda"
     assert ops.resolve_backend("auto", CudaTensor(2, ops.DECODE_MAX_ROWS // 2 + 1, 8)) == "triton"
