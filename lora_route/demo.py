@@ -12,6 +12,11 @@ multi-way aligned through the English message):
    supervised vs zero-shot directions), ``samples.md`` and ``demo.json``.
 
 Zero-shot directions are the non-English directions no run trained on (e.g. zh→de when stage 2 trains de→zh).
+
+``--zero-shot-probe`` runs the comparison behind the zero-shot claim instead: the base model, then plain LoRA,
+UniLoRA and a target-routed CrossLoRA (one source expert shared by every language, one target expert per language),
+each trained ``stage1_steps`` on the English-centric directions only, so that every non-English direction is
+zero-shot for every run.
 """
 from __future__ import annotations
 
@@ -165,6 +170,21 @@ def recipe_dicts(size: DemoSize, out_dir: Path, data: dict, model_name: str, see
     }
 
 
+def probe_recipe_dicts(size: DemoSize, out_dir: Path, data: dict, model_name: str, seed: int) -> dict[str, dict]:
+    """Raw recipes of the zero-shot probe, each UniLoRA's stage 1 (``stage1_steps`` on the English-centric directions
+    only) with another adapter: plain LoRA, UniLoRA (a source and a target expert per language + UniCore) and
+    ``target_routed``, a CrossLoRA whose one source expert is shared by every language, so that only the target
+    language's expert is routed."""
+    unilora = recipe_dicts(size, out_dir, data, model_name, seed)["unilora"]
+    shared = {key: value for key, value in unilora["adapter"].items() if key not in ("method", "r_uni")}
+    adapters = {"lora": {"method": "lora"},
+                "unilora_stage1": {"method": "unilora", "r_uni": size.r_uni},
+                "target_routed": {"method": "crosslora", "src_expert": {lang: 0 for lang in size.languages}}}
+    return {name: {**unilora, "name": f"probe-{name}", "output_dir": str(out_dir / "train" / f"probe_{name}"),
+                   "adapter": {**shared, **adapter}, "stages": unilora["stages"][:1]}
+            for name, adapter in adapters.items()}
+
+
 def _trainable_share(model) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -198,6 +218,7 @@ class DemoRunner:
         self.results: dict[str, EvaluationResult] = {}
         self.training: dict[str, Any] = {}
         self.parameters: dict[str, Any] = {}
+        self.probe = False
 
     def _load_model(self):
         from .models import load_model
@@ -288,10 +309,37 @@ class DemoRunner:
         self._timed("total", total)
         return self.write_report()
 
+    def run_zero_shot_probe(self) -> dict[str, Any]:
+        """The base model, then every run of :func:`probe_recipe_dicts` trained and evaluated in turn; no run sees a
+        non-English direction, so all of them are zero-shot."""
+        from .train.config import parse_recipe
+        total = time.time()
+        self.probe = True
+        languages = self.size.languages
+        self.trained, self.supervised = list(self.en_centric), []
+        self.zero_shot = [(s, t) for s in languages for t in languages if s != t and PIVOT not in (s, t)]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare_test_set()
+        model, tokenizer = self.model_factory()
+        self.evaluate("base", model, tokenizer)
+        del model
+        gc.collect()
+        for name, raw in probe_recipe_dicts(self.size, self.out, self.data, self.model_name, self.seed).items():
+            recipe = parse_recipe(raw, f"zero-shot probe recipe {name}")
+            model, tokenizer = self._patched(recipe)
+            self.parameters[name] = _trainable_share(model)
+            self._train(recipe, model, tokenizer, name)
+            self.evaluate(name, model, tokenizer)
+            del model
+            gc.collect()
+        self._timed("total", total)
+        return self.write_report()
+
     # ------------------------------------------------------------------------------------------- report
     def write_report(self) -> dict[str, Any]:
         runs = {name: result.to_dict() for name, result in self.results.items()}
         summary = {
+            "mode": "zero_shot_probe" if self.probe else "demo",
             "size": {**asdict(self.size), "replay_fraction": self.size.replay_fraction},
             "directions": {"en_centric": [f"{s}-{t}" for s, t in self.en_centric],
                            "supervised_non_english": [f"{s}-{t}" for s, t in self.supervised],
@@ -309,14 +357,20 @@ class DemoRunner:
 
     def summary_markdown(self, runs: dict[str, dict]) -> str:
         size = self.size
-        lines = [f"# lora-route demo ({size.name})", "",
+        if self.probe:
+            training = (f"Zero-shot probe: every run trained {size.stage1_steps} steps on the English-centric "
+                        f"directions only (batch {size.batch_size}); target_routed = CrossLoRA with one source "
+                        "expert shared by every language and one target expert per language.")
+        else:
+            training = (f"Training: LoRA {size.lora_steps} steps on all supervised directions; UniLoRA stage 1 "
+                        f"{size.stage1_steps} steps (English-centric), stage 2 {size.stage2_steps} steps "
+                        f"({', '.join(size.stage2_directions)} + {100 * size.replay_fraction:.0f} % replay); "
+                        f"batch {size.batch_size}.")
+        lines = [f"# lora-route demo ({size.name}{', zero-shot probe' if self.probe else ''})", "",
                  f"Model: `{self.model_name}`; languages: {', '.join(size.languages)}; "
                  f"{size.test_per_direction} multi-way test messages per direction (gettext test split); "
                  f"{'greedy' if size.num_beams == 1 else f'beam {size.num_beams}'} decoding.",
-                 f"Training: LoRA {size.lora_steps} steps on all supervised directions; UniLoRA stage 1 "
-                 f"{size.stage1_steps} steps (English-centric), stage 2 {size.stage2_steps} steps "
-                 f"({', '.join(size.stage2_directions)} + {100 * size.replay_fraction:.0f} % replay); "
-                 f"batch {size.batch_size}.",
+                 training,
                  f"Zero-shot (never trained by any run): {', '.join(f'{s}→{t}' for s, t in self.zero_shot) or '–'}.",
                  "", "## Group averages (BLEU / chrF++ on 0-100, off-target in %)", "",
                  summary_table(runs), "", "## BLEU per direction (* = zero-shot)", "",
@@ -376,15 +430,18 @@ def _one_line(text: str) -> str:
     return " ⏎ ".join(text.splitlines()) if text.strip() else "*(empty)*"
 
 
-def run_demo(out_dir: str | Path = "reports/demo", size: str | DemoSize = "cpu", **kwargs) -> dict[str, Any]:
-    """Run the demo of ``size`` ("tiny", "cpu", "gpu" or a DemoSize) into ``out_dir``; returns ``demo.json``'s dict."""
+def run_demo(out_dir: str | Path = "reports/demo", size: str | DemoSize = "cpu", *, zero_shot_probe: bool = False,
+             **kwargs) -> dict[str, Any]:
+    """Run the demo of ``size`` ("tiny", "cpu", "gpu" or a DemoSize) into ``out_dir``, or with ``zero_shot_probe``
+    :meth:`DemoRunner.run_zero_shot_probe`; returns ``demo.json``'s dict."""
     if isinstance(size, str):
         if size not in SIZES:
             raise ValueError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
         size = SIZES[size]
     if not isinstance(size, DemoSize):
         raise TypeError(f"size must be a name or a DemoSize, got {type(size).__name__}")
-    return DemoRunner(out_dir, size, **kwargs).run()
+    runner = DemoRunner(out_dir, size, **kwargs)
+    return runner.run_zero_shot_probe() if zero_shot_probe else runner.run()
 
 
 def _demo_main(args: argparse.Namespace) -> int:
@@ -402,8 +459,8 @@ def _demo_main(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if args.size == "gpu" else "cpu")
-    summary = run_demo(args.out, size, model_name=args.model, device=device, seed=args.seed, comet=args.comet,
-                       progress=not args.no_progress)
+    summary = run_demo(args.out, size, zero_shot_probe=args.zero_shot_probe, model_name=args.model, device=device,
+                       seed=args.seed, comet=args.comet, progress=not args.no_progress)
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     print(f"report folder: {args.out} (total {summary['timings_s']['total']} s)")
     return 0
@@ -430,6 +487,9 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is faster on a machine shared with "
                              "other busy processes")
+    parser.add_argument("--zero-shot-probe", action="store_true",
+                        help="instead: base, LoRA, UniLoRA and a target-routed CrossLoRA, each trained --stage1-steps "
+                             "on English-centric pairs only, evaluated on every direction (non-English = zero-shot)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_demo_main)
     return parser

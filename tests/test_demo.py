@@ -111,6 +111,37 @@ def test_demo_orchestration_on_tiny_model(tmp_path, one_thread):
     assert len((out / "test.jsonl").read_text().splitlines()) == 12
 
 
+def test_zero_shot_probe_trains_every_adapter_on_english_centric_pairs_only(tmp_path, one_thread):
+    from tiny_models import tiny_causal_lm
+    from train_helpers import tiny_tokenizer
+
+    train = [TranslationPair(s, t, texts[s], texts[t], "toy") for e, d, z in zip(EN, DE, ZH)
+             for texts in [{"en": e, "de": d, "zh": z}] for s in texts for t in texts if s != t]
+    write_pairs_jsonl(train, tmp_path / "train.jsonl")
+    test = multiway_test_set(_english_pairs(), ["en", "de", "zh"], per_direction=2, max_chars=40)
+    size = DemoSize("unit", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=1e-3,
+                    r=2, r_uni=4, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
+                    eval_batch_size=4, dev_per_direction=0)
+    out = tmp_path / "probe"
+    summary = run_demo(out, size, zero_shot_probe=True, device="cpu", progress=False, test_pairs=test,
+                       model_factory=lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
+                       data={"source": "local", "train_files": [str(tmp_path / "train.jsonl")], "max_length": 128})
+    assert summary["mode"] == "zero_shot_probe"
+    assert summary["directions"]["zero_shot"] == ["de-zh", "zh-de"]
+    for run in ("base", "lora", "unilora_stage1", "target_routed"):
+        metrics = json.loads((out / run / "metrics.json").read_text())
+        assert metrics["groups"]["zero_shot"]["directions"] == ["de-zh", "zh-de"]
+    for run in ("lora", "unilora_stage1", "target_routed"):
+        stage = summary["training"][run]["stage1"]
+        assert stage["steps"] == 2
+        recipe = json.loads((out / "train" / f"probe_{run}" / "recipe.json").read_text())
+        assert recipe["stages"][0]["directions"] == "en_centric" and len(recipe["stages"]) == 1
+    adapter = json.loads((out / "train" / "probe_target_routed" / "recipe.json").read_text())["adapter"]
+    assert adapter["method"] == "crosslora" and adapter["src_expert"] == {"en": 0, "de": 0, "zh": 0}
+    assert summary["parameters"]["target_routed"]["trainable"] < summary["parameters"]["unilora_stage1"]["trainable"]
+    assert "Zero-shot probe: every run trained 2 steps" in (out / "summary.md").read_text()
+
+
 def test_evaluate_and_pseudo_commands_on_a_trained_tiny_recipe(tmp_path, one_thread):
     import argparse
 
