@@ -77,23 +77,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_demo_orchestration_on_tiny_model(tmp_path, one_thread):
+def _run_tiny_demo(tmp_path, out, **kwargs) -> dict:
+    """run_demo on a random tiny Gemma 3 with toy every-direction training pairs and a 2-message multi-way test set."""
     from tiny_models import tiny_causal_lm
     from train_helpers import tiny_tokenizer
 
-    train = []
-    for e, d, z in zip(EN, DE, ZH):
-        texts = {"en": e, "de": d, "zh": z}
-        train += [TranslationPair(s, t, texts[s], texts[t], "toy") for s in texts for t in texts if s != t]
+    train = [TranslationPair(s, t, texts[s], texts[t], "toy") for e, d, z in zip(EN, DE, ZH)
+             for texts in [{"en": e, "de": d, "zh": z}] for s in texts for t in texts if s != t]
     write_pairs_jsonl(train, tmp_path / "train.jsonl")
     test = multiway_test_set(_english_pairs(), ["en", "de", "zh"], per_direction=2, max_chars=40)
     size = DemoSize("unit", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=1e-3,
                     r=2, r_uni=4, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
                     eval_batch_size=4, dev_per_direction=0)
+    return run_demo(out, size, device="cpu", progress=False, test_pairs=test,
+                    model_factory=lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
+                    data={"source": "local", "train_files": [str(tmp_path / "train.jsonl")], "max_length": 128},
+                    **kwargs)
+
+
+def test_demo_orchestration_on_tiny_model(tmp_path, one_thread):
     out = tmp_path / "report"
-    summary = run_demo(out, size, device="cpu", progress=False, test_pairs=test,
-                       model_factory=lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
-                       data={"source": "local", "train_files": [str(tmp_path / "train.jsonl")], "max_length": 128})
+    summary = _run_tiny_demo(tmp_path, out)
     for run in ("base", "lora", "unilora_stage1", "unilora_stage2"):
         metrics = json.loads((out / run / "metrics.json").read_text())
         assert len(metrics["directions"]) == 6
@@ -112,20 +116,8 @@ def test_demo_orchestration_on_tiny_model(tmp_path, one_thread):
 
 
 def test_zero_shot_probe_trains_every_adapter_on_english_centric_pairs_only(tmp_path, one_thread):
-    from tiny_models import tiny_causal_lm
-    from train_helpers import tiny_tokenizer
-
-    train = [TranslationPair(s, t, texts[s], texts[t], "toy") for e, d, z in zip(EN, DE, ZH)
-             for texts in [{"en": e, "de": d, "zh": z}] for s in texts for t in texts if s != t]
-    write_pairs_jsonl(train, tmp_path / "train.jsonl")
-    test = multiway_test_set(_english_pairs(), ["en", "de", "zh"], per_direction=2, max_chars=40)
-    size = DemoSize("unit", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=1e-3,
-                    r=2, r_uni=4, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
-                    eval_batch_size=4, dev_per_direction=0)
     out = tmp_path / "probe"
-    summary = run_demo(out, size, zero_shot_probe=True, device="cpu", progress=False, test_pairs=test,
-                       model_factory=lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
-                       data={"source": "local", "train_files": [str(tmp_path / "train.jsonl")], "max_length": 128})
+    summary = _run_tiny_demo(tmp_path, out, zero_shot_probe=True)
     assert summary["mode"] == "zero_shot_probe"
     assert summary["directions"]["zero_shot"] == ["de-zh", "zh-de"]
     for run in ("base", "lora", "unilora_stage1", "target_routed"):
