@@ -28,6 +28,9 @@ from .routing import TYPOLOGY_GROUPS, direction_key
 
 METHODS = ("lora", "molora_static", "molora_topk", "crosslora", "unilora", "mlas", "dat")
 DEFAULT_TARGET_MODULES = ("gate_proj", "up_proj", "down_proj")
+# Methods whose source experts are paired with target experts they were not trained with: every A expert starts from
+# one shared draw (see RoutedLoRALinear.reset_adapter_parameters).
+SHARED_A_INIT_METHODS = ("crosslora", "unilora")
 # Methods whose route does not depend on the languages (no route() context needed).
 LANGUAGE_FREE_METHODS = ("lora", "molora_topk")
 _DIRECTION_METHODS = ("molora_static", "mlas")

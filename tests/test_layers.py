@@ -26,7 +26,8 @@ def _layer(method="crosslora", d_in=12, d_out=10, seed=0, **kwargs):
     torch.manual_seed(seed)
     config = RoutedLoRAConfig(method, LANGS, r=4, alpha=8.0, dropout=0.0, **kwargs)
     layer = RoutedLoRALinear(nn.Linear(d_in, d_out), config, layer_index=0)
-    with torch.no_grad():
+    with torch.no_grad():  # distinct experts on both sides, so that the tests tell the routes apart
+        layer.lora_A.normal_()
         layer.lora_B.normal_()
     return layer
 
@@ -61,6 +62,16 @@ def test_initialisation_starts_at_the_base_layer_and_core_is_identity():
     layer.route_source = FixedRoutes((torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([0, 0])))
     x = torch.randn(2, 64)
     torch.testing.assert_close(layer(x), base(x))
+
+
+@pytest.mark.parametrize("method", ["crosslora", "unilora", "molora_static", "dat"])
+def test_cross_connected_methods_start_every_source_expert_from_one_draw(method):
+    torch.manual_seed(0)
+    layer = RoutedLoRALinear(nn.Linear(64, 8), RoutedLoRAConfig(method, LANGS, r=4, r_uni=8), 0)
+    assert layer.lora_A.shape[0] >= 3
+    tied = all(torch.equal(layer.lora_A[0], expert) for expert in layer.lora_A[1:])
+    assert tied == (method in ("crosslora", "unilora"))
+    assert layer.lora_A.abs().max() <= 1 / math.sqrt(64) and layer.lora_A[0].std() > 0.5 / math.sqrt(64 * 3)
 
 
 def test_gradients_reach_every_adapter_factor_and_not_the_base():
