@@ -85,7 +85,7 @@ class RoutedLoRALinear(nn.Module):
         initialisation) start every source expert A from the same draw: the experts' rank-space codes then begin
         aligned, so a target expert trained behind one source expert reads the others' codes. With independent draws,
         UniLoRA trained on English-centric pairs answered de→zh / zh→de 100 % off-target; with one shared draw
-        44 % / 81 % (``lora-route demo --zero-shot-probe``, README)."""
+        25 % / 38 % (``lora-route demo --zero-shot-probe``, README)."""
         if self.lora_A.device.type == "meta":
             return
         bound = 1.0 / math.sqrt(self.in_features)
