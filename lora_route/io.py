@@ -37,6 +37,7 @@ from .patch import (
     set_merged_direction,
     unwrap,
 )
+from .report import read_json
 from .routing import direction_key
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -72,19 +73,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -153,7 +141,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``adapter_config.json`` of a lora_route checkpoint folder (format checked)."""
-    data = _read_json(Path(path) / CONFIG_NAME)
+    data = read_json(Path(path) / CONFIG_NAME)
     if data.get("format") != FORMAT:
         hint = " (a PEFT adapter: load it with peft.PeftModel.from_pretrained)" if "peft_type" in data else ""
         raise ValueError(f"{Path(path) / CONFIG_NAME} is not a lora_route adapter config{hint}")

@@ -32,6 +32,22 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
     return write_text_atomic(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records))
 
 
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file raises FileNotFoundError, anything but a JSON object ValueError,
+    each naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of a JSON-lines file; a bad line raises ValueError naming the file and line."""
     path = Path(path)
@@ -120,11 +136,8 @@ def load_run(run: str | os.PathLike) -> dict:
         path = path / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.json for run {run!s} (looked at {path})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err.msg}") from err
-    if not isinstance(data, dict) or "groups" not in data or "directions" not in data:
+    data = read_json(path)
+    if "groups" not in data or "directions" not in data:
         raise ValueError(f"{path} is not an evaluation metrics file (needs 'groups' and 'directions')")
     return data
 

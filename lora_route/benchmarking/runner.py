@@ -192,6 +192,7 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
     training = (_training_results(preset, train_providers, device, dtype, timer, seed, train_backends, log)
                 if run_training else [])
     gpu = device.type == "cuda"
+    fastest = fastest_backends(layer)
     label = (f"lora_route benchmark on {env['device_name']} ({preset.dtype})" if gpu else
              f"CPU SMOKE RUN on {env['device_name']} (preset {preset.name}) — plumbing check; "
              "timings are NOT performance evidence")
@@ -231,8 +232,8 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
         "training_model": ({"architecture": "LlamaForCausalLM (random weights, SDPA attention)",
                             **asdict(preset.train), "directions": len(DIRECTIONS)} if run_training else None),
         "training_results": training,
-        "fastest_backends": fastest_backends(layer),
-        "auto_preference": auto_preference(fastest_backends(layer)),
+        "fastest_backends": fastest,
+        "auto_preference": auto_preference(fastest),
         "targets": evaluate_targets(layer, training, env, preset.dtype),
         "issue_reference": issue_reference(layer),
     }

@@ -1,10 +1,11 @@
 """Packaged data: the DAT/DATM language table of seed 003 (``dat_languages.json``) and configs built from it."""
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..report import read_json
 
 RESOURCE_DIR = Path(__file__).resolve().parent
 DAT_TABLE_FILE = RESOURCE_DIR / "dat_languages.json"
@@ -18,10 +19,7 @@ def dat_table() -> dict[str, Any]:
     resource, group), ``groups`` (group → name, languages) and ``configs`` (name → languages [, groups])."""
     if not DAT_TABLE_FILE.is_file():
         raise FileNotFoundError(f"the DAT language table is missing: {DAT_TABLE_FILE}")
-    try:
-        data = json.loads(DAT_TABLE_FILE.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{DAT_TABLE_FILE} is not valid JSON: {err}") from None
+    data = read_json(DAT_TABLE_FILE)
     for key in ("pivot", "languages", "groups", "configs"):
         if key not in data:
             raise ValueError(f"{DAT_TABLE_FILE} lacks the key {key!r}")
