@@ -163,7 +163,7 @@ def _routed_lora_forward(
     if module is None:
         delta, z = reference.segment_forward(x, A, B, U, row_scale, scale, plan.segments())
         return out.add_(delta), z
-    z = module.routed_forward(x, A, B, U, row_scale, scale, plan, out)
+    z = module.routed_forward(x, A, B, U, row_scale, scale, plan.tensors() if backend == "triton" else plan, out)
     return out, z
 
 
@@ -199,7 +199,8 @@ def _routed_lora_backward(
     if module is None:
         grads = reference.segment_backward(grad_out, x, z, A, B, U, row_scale, scale, plan.segments(), needs)
     else:
-        grads = module.routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan, needs)
+        grads = module.routed_backward(grad_out, x, z, A, B, U, row_scale, scale,
+                                       plan.tensors() if backend == "triton" else plan, needs)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 

@@ -332,7 +332,7 @@ def test_triton_rejects_a_rank_above_its_tile():
     x, A, B = torch.zeros(2, 4), torch.zeros(1, rank, 4), torch.zeros(1, 3, rank)
     plan = plan_routes(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=f"r <= {kernels.MAX_RANK}"):
-        kernels.routed_forward(x, A, B, None, None, 1.0, plan, torch.zeros(2, 3))
+        kernels.routed_forward(x, A, B, None, None, 1.0, plan.tensors(), torch.zeros(2, 3))
 
 
 def test_triton_rejects_an_output_it_cannot_accumulate_into():
@@ -340,7 +340,7 @@ def test_triton_rejects_an_output_it_cannot_accumulate_into():
     x, A, B = torch.zeros(2, 4), torch.zeros(1, 8, 4), torch.zeros(1, 3, 8)
     plan = plan_routes(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"out must be a contiguous \(2, ...\) tensor"):
-        kernels.routed_forward(x, A, B, None, None, 1.0, plan, torch.zeros(3, 2).t())
+        kernels.routed_forward(x, A, B, None, None, 1.0, plan.tensors(), torch.zeros(3, 2).t())
 
 
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, False, True, False, False), (False, False, False, False, True),
@@ -357,12 +357,12 @@ def test_triton_backend_contract_matches_segment_reference(needs):
     plan = plan_routes(idx["a_idx"], idx["b_idx"], idx["u_idx"])
     base = torch.randn(case.rows, case.d_out)
     out = base.clone()
-    z = kernels.routed_forward(x, A, B, U, row_scale, 0.7, plan, out)
+    z = kernels.routed_forward(x, A, B, U, row_scale, 0.7, plan.tensors(), out)
     delta, z_ref = reference.segment_forward(x, A, B, U, row_scale, 0.7, plan.segments())
     active = idx["a_idx"] >= 0
     torch.testing.assert_close(out, base + delta, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(z[active], z_ref[active], rtol=1e-5, atol=1e-5)
-    grads = kernels.routed_backward(data["grad_out"], x, z, A, B, U, row_scale, 0.7, plan, needs)
+    grads = kernels.routed_backward(data["grad_out"], x, z, A, B, U, row_scale, 0.7, plan.tensors(), needs)
     ref_grads = reference.segment_backward(data["grad_out"], x, z_ref, A, B, U, row_scale, 0.7, plan.segments(), needs)
     for name, got, expected in zip(("dx", "dA", "dB", "dU", "d_row_scale"), grads, ref_grads):
         if expected is None:
@@ -376,7 +376,7 @@ def test_plan_derived_tiles_are_cached_per_plan_and_rederived_after_an_update():
 
     kernels = _triton_kernels()
     a_idx = torch.tensor([2, 0, -1, 2, 1, 0, 2])
-    plan = plan_routes(a_idx)
+    plan = kernels.SegmentPlan(*plan_routes(a_idx).tensors())
     build_count = []
 
     def build():
@@ -389,7 +389,7 @@ def test_plan_derived_tiles_are_cached_per_plan_and_rederived_after_an_update():
     kernels._derived(plan, ("tiles", 16, 9), build)
     assert len(build_count) == 2
     with torch.inference_mode():
-        inference_plan = plan_routes(a_idx)
+        inference_plan = kernels.SegmentPlan(*plan_routes(a_idx).tensors())
         tiles = kernels._derived(inference_plan, ("tiles", 16, 9), lambda: kernels._row_tiles(inference_plan, 16, 9))
     assert torch.equal(tiles[0], first[0]) and torch.equal(tiles[1], first[1])
     before = len(kernels._PLAN_DERIVED)

@@ -63,7 +63,7 @@ def record_launches() -> list[tuple[str, tuple, dict]]:
             B = torch.randn(banks, d_out, rank, dtype=dtype)
             U = torch.randn(cores, rank, rank, dtype=dtype) if cores else None
             index = torch.arange(rows) % banks
-            plan = plan_routes(index, index.flip(0), index % cores if cores else None)
+            plan = plan_routes(index, index.flip(0), index % cores if cores else None).tensors()
             row_scale = torch.rand(rows, dtype=dtype)
             out = torch.zeros(rows, d_out, dtype=dtype)
             z = routed_lora.routed_forward(x, A, B, U, row_scale, 2.0, plan, out)

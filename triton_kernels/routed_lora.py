@@ -1,7 +1,8 @@
 """Triton kernels of the routed LoRA operation (forward and backward) and their launchers.
 
-Rows are grouped by route with the :class:`~lora_route.plan.RoutePlan` (rows sorted by ``(a, u, b)``, segment
-starts); every launch below covers all adapters at once, so the number of launches per call is fixed:
+Rows are grouped by route with a segment plan (:class:`SegmentPlan`: rows sorted by ``(a, u, b)``, segment starts,
+the route of each segment; ``lora_route.plan_routes`` builds one); every launch below covers all adapters at once, so
+the number of launches per call is fixed:
 
 forward   1. ``_shrink_kernel``       z = A[a]·x per row tile, core zc = U[u]·z fused        grid (tiles,)
           2. ``_expand_kernel``       out[rows] += s·B[b]·zc per (row tile, d_out tile)       grid (tiles, d_out/BN)
@@ -31,12 +32,11 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
-
-from lora_route.plan import RoutePlan
 
 # ------------------------------------------------------------------------------------------------------ constants
 MAX_RANK = 128  # the rank is held whole in one register tile (needed to fuse the core U)
@@ -45,9 +45,29 @@ BLOCK_M_MAX = 64  # rows per row tile; half of it at rank 128, where 64 rows spi
 BLOCK_K = 64  # reduction chunk over d_in (shrink) or d_out (grad shrink); 32 once the padded rank is 128
 BLOCK_N = 128  # output columns per program (expand, dx, bank gradients)
 NUM_WARPS = 4  # 8 once the padded rank reaches 128 (128 x 128 core tiles)
-ROUTE_A, ROUTE_U, ROUTE_B = 0, 1, 2  # columns of RoutePlan.segment_routes
+ROUTE_A, ROUTE_U, ROUTE_B = 0, 1, 2  # columns of SegmentPlan.segment_routes
 MIN_ROWS_PER_SPLIT = 256  # bank gradients split a bank's rows only into chunks of at least this many rows
 H100_SMS = 132
+
+
+class SegmentPlan(NamedTuple):
+    """Rows grouped by route, as the launchers read them (every tensor int64, on the rows' device).
+
+    row_order:      (T,) row ids sorted by route ``(a, u, b)``; rows without adapter last.
+    segment_starts: (T + 1,) segment ``s`` is ``row_order[segment_starts[s]:segment_starts[s + 1]]``; entries past the
+                    last segment equal the number of rows with an adapter.
+    segment_routes: (T, 3) ``(a, u, b)`` of segment ``s`` in row ``s``; -1 past the last segment.
+    num_segments:   () the number of segments.
+    """
+
+    row_order: torch.Tensor
+    segment_starts: torch.Tensor
+    segment_routes: torch.Tensor
+    num_segments: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.row_order.shape[0]
 
 
 # ------------------------------------------------------------------------------------------------------- kernels
@@ -275,12 +295,12 @@ def _block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
 _PLAN_DERIVED: dict[int, dict] = {}
 
 
-def _derived(plan: RoutePlan, key: tuple, build):
+def _derived(plan: SegmentPlan, key: tuple, build):
     """``build()``, cached per plan under ``key``."""
     starts = plan.segment_starts
     if starts.is_cuda and torch.cuda.is_current_stream_capturing():
         return build()
-    versions = tuple(-1 if t.is_inference() else t._version for t in plan.tensors())
+    versions = tuple(-1 if t.is_inference() else t._version for t in plan)
     entry = _PLAN_DERIVED.get(id(starts))
     if entry is None or entry["starts"]() is not starts or entry["versions"] != versions \
             or entry["row_order"] is not plan.row_order:
@@ -293,7 +313,7 @@ def _derived(plan: RoutePlan, key: tuple, build):
     return entry[key]
 
 
-def _row_tiles(plan: RoutePlan, block_m: int, num_routes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_tiles(plan: SegmentPlan, block_m: int, num_routes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tile_segment, tile_start)``: segment id (-1 = no tile) and first sorted position of every row tile.
 
     Static length ``min(T, num_routes) + cdiv(T, block_m)``, an upper bound of sum_s cdiv(len_s, block_m).
@@ -310,7 +330,7 @@ def _row_tiles(plan: RoutePlan, block_m: int, num_routes: int) -> tuple[torch.Te
     return torch.where(segment < num_rows, segment, -1), tile_start
 
 
-def _bank_rows(plan: RoutePlan, column: int, bank_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _bank_rows(plan: SegmentPlan, column: int, bank_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(bank_rows, bank_starts)``: active rows stably sorted by their bank index in route ``column``, and the
     (bank_size + 1,) offsets where each bank index's rows begin. Device ops only."""
     num_rows = plan.num_rows
@@ -354,12 +374,14 @@ def _num_routes(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor | None) -> int
     return A.shape[0] * B.shape[0] * (U.shape[0] if U is not None else 1)
 
 
-def routed_forward(x, A, B, U, row_scale, scale, plan: RoutePlan, out):
+def routed_forward(x, A, B, U, row_scale, scale, plan, out):
     """Accumulate the adapter delta into ``out`` (T, d_out) in place; return z = A[a]·x (T, r) in x's dtype.
 
     x: (T, d_in); A: (n_a, r, d_in); B: (n_b, d_out, r); U: (n_u, r, r) or None; row_scale: (T,) or None;
-    scale: float. Rows without adapter keep ``out`` bit for bit and get z = 0. Two launches.
+    scale: float; plan: the rows' :class:`SegmentPlan` (or its four tensors in that order). Rows without adapter
+    keep ``out`` bit for bit and get z = 0. Two launches.
     """
+    plan = SegmentPlan(*plan)
     _check_operands(x, A, B, U, row_scale, out=out)
     num_rows, d_in = x.shape
     rank, d_out = A.shape[1], B.shape[1]
@@ -431,12 +453,13 @@ def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, tr
     return out[0] if splits == 1 else out.sum(0).to(dtype)
 
 
-def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan: RoutePlan, needs):
+def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan, needs):
     """``(dx, dA, dB, dU, d_row_scale)`` of :func:`routed_forward`'s delta; None where ``needs`` (5 bools) says no.
 
-    grad_out: (T, d_out); z: (T, r) from the forward. Bank gradients have the full bank shapes; dx is zero on rows
-    without adapter. Deterministic (no atomics): at most five launches.
+    grad_out: (T, d_out); z: (T, r) from the forward; plan as in :func:`routed_forward`. Bank gradients have the full
+    bank shapes; dx is zero on rows without adapter. Deterministic (no atomics): at most five launches.
     """
+    plan = SegmentPlan(*plan)
     need_dx, need_dA, need_dB, need_dU, need_ds = (bool(n) for n in needs)
     need_dU = need_dU and U is not None
     need_ds = need_ds and row_scale is not None
