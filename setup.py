@@ -83,7 +83,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"lora_route": ["resources/*", "resources/**/*"]},
+    package_data={"lora_route.adapters": ["dat_languages.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

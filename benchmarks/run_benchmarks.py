@@ -6,7 +6,7 @@
 """
 import sys
 
-from lora_route.bench import main
+from lora_route.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

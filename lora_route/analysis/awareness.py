@@ -1,4 +1,4 @@
-"""Neuron awareness (seed 002, eq. 2–3 and appendix A.6): ``Φ_{l,j}(s,t) = |∂L/∂h_{l,j} · h_{l,j}|``, its
+"""Neuron awareness (MLAS-LoRA paper, eq. 2–3 and appendix A.6): ``Φ_{l,j}(s,t) = |∂L/∂h_{l,j} · h_{l,j}|``, its
 normalisation across language pairs and the λ split into language-general and language-specific neurons.
 
 A *neuron* of a linear module is one of its output units (row ``j`` of ``W``); ``h_{l,j}`` is that unit's output.

@@ -1,4 +1,4 @@
-"""Linguistic conflict / synergy analysis (seed 003 §3): gradient agreement between directions, and the
+"""Linguistic conflict / synergy analysis (DAT paper, §3): gradient agreement between directions, and the
 "together" vs "separate" vs "grouped" training comparison with its per-direction delta matrix.
 
 **Gradient cosine.** For every direction d the gradient ``g_d`` of its seed-set loss with respect to a *shared*
@@ -16,12 +16,12 @@ data, seed — the same budget):
 * ``separate``: every direction → its own adapter (parameters never shared, so gradients never interact; the
   equivalent of separate models with the same total budget);
 * ``grouped``: direction → adapter of the group of its non-pivot language (target language when neither side is
-  the pivot), groups from seed 003's table unless given.
+  the pivot), groups from the DAT paper's table unless given.
 
 Each direction is then scored on held-out pairs: token cross-entropy (``metric="loss"``, fast on CPU) or
 BLEU / chrF++ of greedy translations. The delta of a strategy is its score minus separate training's
 (for the loss: separate's loss minus the strategy's), so **positive = synergy dominates, negative = conflicts
-dominate** — seed 003's reading of multilingual minus separate training.
+dominate** — the DAT paper's reading of multilingual minus separate training.
 """
 from __future__ import annotations
 
@@ -36,9 +36,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_path
-from ..report import write_json
-from .awareness import causal_lm_loss_sum
+from lora_route.adapters.config import LANGUAGE_FREE_METHODS, RoutedLoRAConfig
+from lora_route.adapters.dat_languages import dat_language_groups
+from lora_route.adapters.patch import apply_routed_lora, route
+from lora_route.analysis.awareness import causal_lm_loss_sum
+from lora_route.common.files import atomic_path, write_json
+from lora_route.common.languages import direction_key, parse_direction
+from lora_route.data.collate import collate, encode_pairs
+from lora_route.eval.evaluate import decode_pairs
+from lora_route.eval.metrics import bleu_chrf
+from lora_route.train.distributed import setup_distributed
+from lora_route.train.trainer import Trainer
 
 STRATEGIES = ("together", "separate", "grouped")
 METRICS = ("loss", "bleu", "chrf")
@@ -53,8 +61,6 @@ _LAYER = re.compile(r"\.(\d+)\.")
 
 
 def _route(model: nn.Module, direction: Direction):
-    from ..methods import LANGUAGE_FREE_METHODS
-    from ..patch import route
 
     config = getattr(model, "routed_lora_config", None)
     if config is None or config.method in LANGUAGE_FREE_METHODS:
@@ -73,7 +79,7 @@ class GradientConflicts:
     overall: Tensor
 
     def to_dict(self) -> dict[str, Any]:
-        names = ["-".join(d) for d in self.directions]
+        names = [direction_key(*d) for d in self.directions]
         return {"directions": names, "layers": self.layers,
                 "cosine": {str(layer): self.cosine[i].tolist() for i, layer in enumerate(self.layers)},
                 "overall": self.overall.tolist(),
@@ -161,9 +167,6 @@ def strategy_config(strategy: str, directions: Sequence[Direction], *, groups: M
                     pivot: str = "en", **adapter: Any):
     """``RoutedLoRAConfig(method="dat")`` whose routing table realises ``strategy`` over ``directions``;
     ``adapter`` holds further fields (r, alpha, dropout, target_modules, layers)."""
-    from ..methods import RoutedLoRAConfig
-    from ..resources import dat_language_groups
-
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     directions = [tuple(d) for d in directions]
@@ -176,18 +179,17 @@ def strategy_config(strategy: str, directions: Sequence[Direction], *, groups: M
     if missing:
         raise ValueError(f"no language group for {', '.join(missing)}")
     if strategy == "together":
-        table = {f"{s}-{t}": "shared" for s, t in directions}
+        table = {direction_key(s, t): "shared" for s, t in directions}
     elif strategy == "separate":
-        table = {f"{s}-{t}": f"dir.{s}-{t}" for s, t in directions}
+        table = {direction_key(s, t): f"dir.{direction_key(s, t)}" for s, t in directions}
     else:
-        table = {f"{s}-{t}": f"group.{_group_of((s, t), groups, pivot)}" for s, t in directions}
+        table = {direction_key(s, t): f"group.{_group_of((s, t), groups, pivot)}" for s, t in directions}
     return RoutedLoRAConfig(method="dat", languages=languages, pivot=pivot,
                             language_groups={lang: groups[lang] for lang in languages if lang != pivot},
                             routing_table=table, **adapter)
 
 
 def _direction_loss(model: nn.Module, examples, pad_token_id: int, batch_size: int) -> float:
-    from ..data.collate import collate
 
     total, count = 0.0, 0
     with torch.no_grad():
@@ -226,11 +228,6 @@ def run_strategy_comparison(
     of :func:`delta_matrices`. ``metric``: ``"loss"`` (held-out token cross-entropy) or ``"bleu"`` / ``"chrf"``
     (greedy translations scored with sacreBLEU).
     """
-    from ..data.collate import encode_pairs
-    from ..patch import apply_routed_lora, route
-    from ..train.distributed import setup_distributed
-    from ..train.trainer import Trainer
-
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -267,18 +264,17 @@ def run_strategy_comparison(
             with route(model, d[0], d[1]):
                 entry = {"loss": _direction_loss(model, examples, pad, batch_size)}
             if metric != "loss":
-                from ..evaluation import bleu_chrf, decode_pairs
 
                 hyps = decode_pairs(model, tokenizer, by_direction[d], batch_size=batch_size, progress=progress)
                 entry.update({k: v for k, v in bleu_chrf(hyps, [p.tgt for p in by_direction[d]], d[1]).items()
                               if k in ("bleu", "chrf")})
-            per_direction["-".join(d)] = entry
+            per_direction[direction_key(*d)] = entry
         scores[strategy] = per_direction
         del model, trainer
     languages = list(dict.fromkeys([pivot] + [lang for d in directions for lang in d]))
     result = {
         "metric": metric,
-        "directions": ["-".join(d) for d in directions],
+        "directions": [direction_key(*d) for d in directions],
         "languages": languages,
         "budget": {"max_steps": settings.max_steps, "epochs": settings.epochs, "batch_size": settings.batch_size,
                    "lr": settings.lr, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)},
@@ -307,7 +303,7 @@ def delta_matrices(scores: Mapping[str, Mapping[str, Mapping[str, float]]], lang
             reference = scores["separate"][direction][metric]
             delta = reference - entry[metric] if metric == "loss" else entry[metric] - reference
             deltas[direction] = delta
-            src, tgt = direction.split("-")
+            src, tgt = parse_direction(direction)
             matrix[index[src]][index[tgt]] = delta
         out[strategy] = {"per_direction": deltas, "matrix": matrix}
     return out
@@ -360,7 +356,7 @@ def plot_delta_heatmaps(result: Mapping[str, Any], path: str | os.PathLike) -> P
 def plot_gradient_heatmaps(conflicts: GradientConflicts, path: str | os.PathLike) -> Path:
     """Direction × direction gradient cosines: overall and for the layer with the lowest mean off-diagonal."""
     plt = _pyplot()
-    names = ["-".join(d) for d in conflicts.directions]
+    names = [direction_key(*d) for d in conflicts.directions]
     means = [(_mean_off_diagonal(conflicts.cosine[i]) or 0.0) for i in range(len(conflicts.layers))]
     worst = min(range(len(means)), key=means.__getitem__)
     panels = [("all layers", conflicts.overall), (f"layer {conflicts.layers[worst]} (most conflict)",

@@ -1,4 +1,4 @@
-"""Awareness-guided sub-matrix extraction (seed 002, §3.2, eq. 4–5): ``W_s = Extract(W_T, I, m, n)``.
+"""Awareness-guided sub-matrix extraction (MLAS-LoRA paper, §3.2, eq. 4–5): ``W_s = Extract(W_T, I, m, n)``.
 
 From a teacher matrix ``W_T`` (M × N) take an (m × n) sub-matrix for a student module, M ≥ m and N ≥ n.
 

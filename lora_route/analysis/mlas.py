@@ -1,4 +1,4 @@
-"""MLAS-LoRA initialisation (seed 002): teacher layer relevance → layer map → neuron awareness → λ split →
+"""MLAS-LoRA initialisation (MLAS-LoRA paper): teacher layer relevance → layer map → neuron awareness → λ split →
 sub-matrix extraction → SVD factors, written into a student patched with ``method="mlas"`` (or, for the ablations,
 ``"lora"`` / ``"molora_static"``) through :func:`lora_route.patch.init_from`.
 
@@ -18,7 +18,7 @@ Pipeline and the choices it makes (see also the docstrings of the step modules):
    An adapter whose neuron set is empty (no general neuron, or a pair owning none) keeps LoRA's default init:
    a zero sub-matrix would give A = B = 0, which no gradient can move.
 
-Ablations of seed 002 §4.4 (:data:`ABLATIONS`): ``-R-*`` use one LoRA for all pairs (method ``lora``), ``-M-*`` one
+Ablations of MLAS-LoRA paper §4.4 (:data:`ABLATIONS`): ``-R-*`` use one LoRA for all pairs (method ``lora``), ``-M-*`` one
 LoRA per pair without a general one (method ``molora_static``); ``*-i`` random init; ``-*s-*`` random teacher layers,
 ``-*r-*`` / ``-R-a`` relevance-selected layers; ``*-a`` whole sub-matrices (no general/specific distinction),
 ``*-spe`` / ``*-gen`` each pair's LoRA from its specific / from the general neurons.
@@ -33,10 +33,19 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .awareness import DEFAULT_THRESHOLD, neuron_awareness, normalise_awareness, split_neurons
-from .extraction import extract_submatrix
-from .relevance import decoder_layers, layer_relevance, map_teacher_to_student, random_layers, select_top_layers
-from .svd_init import low_rank_factors
+from lora_route.adapters.config import LANGUAGE_FREE_METHODS
+from lora_route.adapters.lowrank import low_rank_factors
+from lora_route.adapters.patch import init_from, route, routed_modules
+from lora_route.analysis.awareness import DEFAULT_THRESHOLD, neuron_awareness, normalise_awareness, split_neurons
+from lora_route.analysis.extraction import extract_submatrix
+from lora_route.analysis.relevance import (
+    decoder_layers,
+    layer_relevance,
+    map_teacher_to_student,
+    random_layers,
+    select_top_layers,
+)
+from lora_route.common.languages import direction_key
 
 LAYER_SELECTIONS = ("relevance", "random")
 INITS = ("svd", "random")
@@ -92,7 +101,7 @@ class MLASInit:
 
     @classmethod
     def from_ablation(cls, name: str, **overrides: Any) -> "MLASInit":
-        """Switches of a seed-002 ablation name (``"mlas"``, ``"-R-i"``, ..., ``"-Mr-gen"``) plus overrides."""
+        """Switches of a MLAS-LoRA ablation name (``"mlas"``, ``"-R-i"``, ..., ``"-Mr-gen"``) plus overrides."""
         if name not in ABLATIONS:
             raise ValueError(f"unknown MLAS ablation {name!r}; choose one of {', '.join(ABLATIONS)}")
         return cls(**{**ABLATIONS[name][1], **overrides})
@@ -143,9 +152,6 @@ def _linear(module: nn.Module, name: str) -> nn.Linear:
 
 def teacher_route(teacher: nn.Module, direction: Direction):
     """Route a patched teacher (e.g. the student itself before its adapters are set) for one direction."""
-    from ..methods import LANGUAGE_FREE_METHODS
-    from ..patch import route
-
     config = getattr(teacher, "routed_lora_config", None)
     if config is None or config.method in LANGUAGE_FREE_METHODS:
         return nullcontext()
@@ -163,10 +169,9 @@ def initialise_mlas(
     ``batches``: direction → batches of ``input_ids``, ``attention_mask`` and ``labels`` (-100 on the prompt), the
     seed sentences of that direction (used for both relevance and awareness). Every direction the student routes
     separately must be present. ``teacher`` may be ``student`` itself while its adapters are still at their default
-    init (B = 0, so it computes the base model): its passes then run inside ``route`` for each direction. Returns a JSON-safe report (relevance, layer map, neuron counts, SVD errors).
+    init (B = 0, so it computes the base model): its passes then run inside ``route`` for each direction. Returns a
+    JSON-safe report (relevance, layer map, neuron counts, SVD errors).
     """
-    from ..patch import init_from, routed_modules
-
     init = init or MLASInit()
     config = getattr(student, "routed_lora_config", None)
     if config is None:
@@ -203,7 +208,7 @@ def initialise_mlas(
         chosen = random_layers(teacher_count, len(student_layers), init.seed)
     layer_map = map_teacher_to_student(chosen, student_layers)
     report.update({
-        "relevance": {"-".join(d): r.tolist() for d, r in relevance.items()},
+        "relevance": {direction_key(*d): r.tolist() for d, r in relevance.items()},
         "mean_relevance": mean_relevance.tolist(),
         "teacher_layers": chosen,
         "layer_map": {str(s): t for s, t in layer_map.items()},
@@ -236,7 +241,7 @@ def initialise_mlas(
             jobs.append((0, None, phi_out.mean(0), phi_in.mean(0)))
         if config.method != "lora" and has_pairs:
             for p, d in enumerate(directions):
-                key = "-".join(d)
+                key = direction_key(*d)
                 if init.neurons == "general":
                     jobs.append((key, split.general, phi_out.mean(0), phi_in.mean(0)))
                 elif init.neurons == "all":
@@ -263,7 +268,7 @@ def initialise_mlas(
         module_reports[name] = {
             "teacher_module": t_name,
             "general_neurons": int(split.general.numel()),
-            "specific_neurons": {"-".join(d): int(split.specific[p].numel()) for p, d in enumerate(directions)},
+            "specific_neurons": {direction_key(*d): int(split.specific[p].numel()) for p, d in enumerate(directions)},
             "max_normalised_awareness": float(normalise_awareness(phi_out).max(0).values.mean()),
             "adapters": errors,
         }

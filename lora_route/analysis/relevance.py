@@ -1,4 +1,4 @@
-"""Teacher-guided layer relevance (seed 002, eq. 1) and the mapping of a teacher's layer ranking onto a student.
+"""Teacher-guided layer relevance (MLAS-LoRA paper, eq. 1) and the mapping of a teacher's layer ranking onto a student.
 
 ``R_i(s, t) = 1/N Σ_n ‖A_{i+1}(x_n) − A_i(x_n)‖_1``: how much decoder layer ``i`` changes the residual stream on the
 forward passes of a language pair's source prompts.
@@ -134,7 +134,7 @@ def map_teacher_to_student(
     teacher_layers: Sequence[int], student_layers: Sequence[int]
 ) -> dict[int, int]:
     """``{student_layer: teacher_layer}``: the selected teacher layers and the adapted student layers, both in depth
-    order, paired one to one (seed 002: the number of selected teacher layers equals the student's)."""
+    order, paired one to one (MLAS-LoRA paper: the number of selected teacher layers equals the student's)."""
     teacher = sorted(int(i) for i in teacher_layers)
     student = sorted(int(i) for i in student_layers)
     if len(teacher) != len(student):

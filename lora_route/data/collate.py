@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .corpus import TranslationPair
-from .prompts import DEFAULT_TEMPLATE, format_prompt
+from lora_route.data.corpus import TranslationPair
+from lora_route.data.prompts import DEFAULT_TEMPLATE, format_prompt
 
 IGNORE_INDEX = -100
 OVERFLOW_POLICIES = ("truncate", "drop")

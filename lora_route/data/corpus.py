@@ -1,26 +1,18 @@
-"""The parallel-text record shared by every loader, direction parsing, hash splits and JSONL persistence."""
+"""The parallel-text record shared by every loader, hash splits and JSONL persistence."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import atomic_path
+from lora_route.common.files import atomic_path
+from lora_route.common.languages import check_language, direction_key
 
 SPLITS = ("train", "dev", "test")
-_LANG_RE = re.compile(r"^[a-z]{2,3}(?:[_-][A-Za-z0-9]{2,8})*$")
-
-
-def check_language(code: object, what: str = "language") -> str:
-    """Return ``code`` if it looks like an ISO 639 code (``de``, ``zh``, ``pt_BR``), else raise ValueError."""
-    if not isinstance(code, str) or not _LANG_RE.match(code):
-        raise ValueError(f"{what} {code!r} is not a language code such as 'de', 'zh' or 'pt_BR'")
-    return code
 
 
 @dataclass(frozen=True)
@@ -47,22 +39,6 @@ class TranslationPair:
     @property
     def direction(self) -> tuple[str, str]:
         return self.src_lang, self.tgt_lang
-
-
-def parse_direction(text: str | Sequence[str]) -> tuple[str, str]:
-    """``"de-en"`` / ``"de->en"`` / ``("de", "en")`` -> ``("de", "en")``."""
-    if isinstance(text, str):
-        parts = text.strip().replace("->", "-").replace("→", "-").split("-")
-        if len(parts) != 2:
-            raise ValueError(f"direction {text!r} must look like 'de-en' (source-target)")
-    else:
-        parts = list(text)
-        if len(parts) != 2:
-            raise ValueError(f"direction {text!r} must have exactly two languages")
-    src, tgt = (check_language(p.strip(), "direction language") for p in parts)
-    if src == tgt:
-        raise ValueError(f"direction {text!r} has the same source and target language")
-    return src, tgt
 
 
 def hash_split(key: str, dev_fraction: float, test_fraction: float, salt: str = "") -> str:
@@ -97,7 +73,7 @@ def group_by_direction(pairs: Iterable[TranslationPair]) -> dict[tuple[str, str]
 
 def direction_counts(pairs: Iterable[TranslationPair]) -> dict[str, int]:
     """``{"de-en": n, ...}`` sorted by direction name."""
-    return {f"{s}-{t}": len(v) for (s, t), v in sorted(group_by_direction(pairs).items())}
+    return {direction_key(s, t): len(v) for (s, t), v in sorted(group_by_direction(pairs).items())}
 
 
 def write_pairs_jsonl(pairs: Iterable[TranslationPair], path: str | os.PathLike) -> Path:

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpus import TranslationPair, check_language, check_split, hash_split
+from lora_route.common.languages import check_language
+from lora_route.data.corpus import TranslationPair, check_split, hash_split
 
 logger = logging.getLogger(__name__)
 

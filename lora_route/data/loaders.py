@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .corpus import TranslationPair, check_language, check_split
+from lora_route.common.languages import check_language, parse_direction
+from lora_route.data.corpus import TranslationPair, check_split
 
 # ISO 639-1 code -> Flores+ config (ISO 639-3 + script).
 FLORES_CODES = {
@@ -78,6 +79,11 @@ def load_flores_plus(languages: Sequence[str], split: str, *, source: str = "ope
     return pairs
 
 
+def opus100_config(a: str, b: str) -> str:
+    """OPUS-100's configuration name of the language pair {a, b}: the two codes in alphabetical order (``"de-en"``)."""
+    return "-".join(sorted((a, b)))
+
+
 def load_opus100(pairs_of: Sequence[str], split: str, *, source: str = "Helsinki-NLP/opus-100",
                  both_directions: bool = True, limit: int | None = None) -> list[TranslationPair]:
     """OPUS-100 for language pairs such as ``["de-en", "en-zh"]`` (field ``translation`` = {lang: text}).
@@ -89,11 +95,8 @@ def load_opus100(pairs_of: Sequence[str], split: str, *, source: str = "Helsinki
         raise ValueError(f"unknown OPUS-100 split {split!r}; expected one of {sorted(_OPUS_SPLITS)}")
     out = []
     for name in pairs_of:
-        parts = name.split("-")
-        if len(parts) != 2:
-            raise ValueError(f"OPUS-100 pair {name!r} must look like 'de-en'")
-        a, b = (check_language(p) for p in parts)
-        config = "-".join(sorted((a, b)))
+        a, b = parse_direction(name)
+        config = opus100_config(a, b)
         root = Path(source).expanduser()
         if root.is_dir():
             split_name = _OPUS_SPLITS[split]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 
-from ..routing import language_name
+from lora_route.common.languages import language_name
 
 DEFAULT_TEMPLATE = "Translate the following {src_name} sentences into {tgt_name}:\n{source}\n"
 TEMPLATE_FIELDS = ("src_name", "tgt_name", "src", "tgt", "source")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .corpus import TranslationPair, check_language, group_by_direction, parse_direction
+from lora_route.common.languages import check_language, direction_key, parse_direction
+from lora_route.data.corpus import TranslationPair, group_by_direction
 
 DIRECTION_SETS = ("en_centric", "x_to_en", "en_to_x", "non_english", "all")
 
@@ -53,7 +54,7 @@ def sample_per_direction(pairs: Sequence[TranslationPair], directions: Sequence[
     if cap is not None and cap < 1:
         raise ValueError(f"cap per direction must be >= 1 or None, got {cap}")
     groups = group_by_direction(pairs)
-    empty = [f"{s}-{t}" for s, t in directions if not groups.get((s, t))]
+    empty = [direction_key(s, t) for s, t in directions if not groups.get((s, t))]
     if empty:
         raise ValueError(f"no training pairs for directions {empty}")
     out = []

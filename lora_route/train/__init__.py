@@ -1,10 +1,15 @@
-"""Training: recipes (YAML), the stage trainer with R-Drop, checkpoints with exact resume, DDP."""
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError, RecipeConfig, StageConfig, TrainingSection, load_recipe, parse_recipe
-from .distributed import DistContext, setup_distributed
-from .objective import TargetLogits, token_loss_sums
-from .recipe import run_recipe
-from .trainer import Trainer, TrainResult, epoch_micro_batches, lr_lambda
+"""Training: recipes (YAML), the stage trainer with R-Drop, checkpoints with exact resume, DDP, and the pivot
+pseudo-corpus (:mod:`.pseudo`).
+
+It may import evaluation, data, models, adapters, kernels and common; nothing of analysis, benchmarks, experiments or
+the command line.
+"""
+from lora_route.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_route.train.config import ConfigError, RecipeConfig, StageConfig, TrainingSection, load_recipe, parse_recipe
+from lora_route.train.distributed import DistContext, setup_distributed
+from lora_route.train.objective import TargetLogits, token_loss_sums
+from lora_route.train.recipe import run_recipe
+from lora_route.train.trainer import Trainer, TrainResult, epoch_micro_batches, lr_lambda
 
 __all__ = [
     "CheckpointError", "ConfigError", "DistContext", "RecipeConfig", "StageConfig", "TargetLogits", "Trainer",

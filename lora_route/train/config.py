@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from ..data.prompts import check_template
-from ..data.sampling import DIRECTION_SETS
-from ..methods import RoutedLoRAConfig
+from lora_route.adapters.config import RoutedLoRAConfig
+from lora_route.data.prompts import check_template
+from lora_route.data.sampling import DIRECTION_SETS
 
 DATA_SOURCES = ("gettext", "flores_plus", "opus100", "local")
 SCHEDULERS = ("cosine", "inverse_sqrt", "linear", "constant")

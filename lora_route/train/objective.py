@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.collate import IGNORE_INDEX
+from lora_route.data.collate import IGNORE_INDEX
 
 
 class TargetLogits(nn.Module):

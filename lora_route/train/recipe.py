@@ -1,33 +1,34 @@
 """Run a recipe: build each stage's data, the model and its adapters, train the stages in order.
 
 Stage outputs land in ``<output_dir>/<stage>/``: ``checkpoint-*`` folders, ``log.jsonl``, ``adapters/`` (the
-final adapters, :func:`lora_route.io.save_adapters`) and ``stage.json`` (data counts, losses, timings). With ``resume`` a finished stage is skipped (its final weights are loaded) and an unfinished one continues
-from its newest checkpoint.
+final adapters, :func:`lora_route.adapters.io.save_adapters`) and ``stage.json`` (data counts, losses, timings).
+With ``resume`` a finished stage is skipped (its final weights are loaded) and an unfinished one continues from its
+newest checkpoint. :func:`load_recipe_stage` loads a trained stage back for evaluation or the pseudo-corpus.
 """
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from ..atomic import write_text_atomic
-from ..data.collate import encode_pairs
-from ..data.corpus import TranslationPair, direction_counts
-from ..data.gettext_corpus import load_gettext_corpus
-from ..data.loaders import load_flores_plus, load_local_pairs, load_opus100
-from ..data.sampling import directions_for, replay_sample, sample_per_direction
-from ..io import load_adapters, save_adapters
-from ..models import load_model
-from ..patch import apply_routed_lora, routed_modules
-from .checkpoint import list_checkpoints
-from .config import DataSection, RecipeConfig, StageConfig
-from .distributed import DistContext
-from .trainer import Trainer
+from lora_route.adapters.io import load_adapters, save_adapters
+from lora_route.adapters.patch import apply_routed_lora, routed_modules
+from lora_route.common.files import read_json, write_json
+from lora_route.data.collate import encode_pairs
+from lora_route.data.corpus import TranslationPair, direction_counts
+from lora_route.data.gettext_corpus import load_gettext_corpus
+from lora_route.data.loaders import load_flores_plus, load_local_pairs, load_opus100, opus100_config
+from lora_route.data.sampling import directions_for, replay_sample, sample_per_direction
+from lora_route.models.loading import load_model
+from lora_route.train.checkpoint import list_checkpoints
+from lora_route.train.config import DataSection, RecipeConfig, StageConfig, load_recipe
+from lora_route.train.distributed import DistContext, setup_distributed
+from lora_route.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 STAGE_SUMMARY = "stage.json"
@@ -47,7 +48,7 @@ def _corpus(source: str, languages: tuple, split: str, locale_dirs, path, files,
     elif source == "flores_plus":
         pairs = load_flores_plus(languages, split, **({"source": path} if path else {}))
     elif source == "opus100":
-        pivot_pairs = [f"{lang}-en" for lang in languages if lang != "en"]
+        pivot_pairs = [opus100_config(lang, "en") for lang in languages if lang != "en"]
         pairs = load_opus100(pivot_pairs, split, **({"source": path} if path else {}))
     else:
         pairs = [p for f in files for p in load_local_pairs(f, split=split)]
@@ -105,12 +106,8 @@ def _reinit_adapters(model, seed: int) -> None:
 
 def _stage_done(stage_dir: Path, fingerprint: str) -> bool:
     summary = stage_dir / STAGE_SUMMARY
-    return summary.is_file() and json.loads(summary.read_text()).get("fingerprint") == fingerprint \
+    return summary.is_file() and read_json(summary).get("fingerprint") == fingerprint \
         and (stage_dir / ADAPTERS_DIR).is_dir()
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
 
 
 def run_recipe(recipe: RecipeConfig, ctx: DistContext, *, resume: bool = False, stop_after_steps: int | None = None,
@@ -126,14 +123,14 @@ def run_recipe(recipe: RecipeConfig, ctx: DistContext, *, resume: bool = False, 
         raise ValueError("the tokenizer has no pad token")
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        _write_json(output / "recipe.json", recipe.to_dict())
+        write_json(output / "recipe.json", recipe.to_dict())
     summaries = {}
     for index, stage in enumerate(recipe.stages):
         stage_dir = output / stage.name
         fingerprint = recipe.fingerprint(stage)
         if resume and _stage_done(stage_dir, fingerprint):
             load_adapters(model, stage_dir / ADAPTERS_DIR)
-            summaries[stage.name] = json.loads((stage_dir / STAGE_SUMMARY).read_text())
+            summaries[stage.name] = read_json(stage_dir / STAGE_SUMMARY)
             continue
         if not resume and ctx.is_main and stage_dir.exists():
             for old in list_checkpoints(stage_dir):
@@ -173,6 +170,40 @@ def run_recipe(recipe: RecipeConfig, ctx: DistContext, *, resume: bool = False, 
             return summaries
         if ctx.is_main:
             save_adapters(model, stage_dir / ADAPTERS_DIR)
-            _write_json(stage_dir / STAGE_SUMMARY, summary)
+            write_json(stage_dir / STAGE_SUMMARY, summary)
         ctx.barrier()
     return summaries
+
+
+def recipe_trained_directions(recipe: RecipeConfig, stage_name: str) -> list[tuple[str, str]]:
+    """Directions a recipe trained on up to and including ``stage_name`` (stage sets, replay and extra files)."""
+    names = [s.name for s in recipe.stages]
+    if stage_name not in names:
+        raise ValueError(f"recipe {recipe.name!r} has no stage {stage_name!r}; stages: {names}")
+    trained: dict[tuple[str, str], None] = {}
+    for stage in recipe.stages[: names.index(stage_name) + 1]:
+        for direction in directions_for(stage.directions, recipe.stage_data(stage).languages):
+            trained[direction] = None
+        for file in stage.extra_files:
+            for pair in load_local_pairs(file):
+                trained[pair.direction] = None
+    return list(trained)
+
+
+def load_recipe_stage(recipe_path: str, stage_name: str | None, overrides: Sequence[str], device: str | None):
+    """(model, tokenizer, recipe, stage name, trained directions): the recipe's model with the adapters that
+    ``lora-route train`` saved for ``stage_name`` (default: the last stage) in ``<output_dir>/<stage>/adapters``."""
+    recipe = load_recipe(recipe_path, list(overrides))
+    stage_name = stage_name or recipe.stages[-1].name
+    trained = recipe_trained_directions(recipe, stage_name)
+    adapters = Path(recipe.output_dir) / stage_name / ADAPTERS_DIR
+    if not adapters.is_dir():
+        raise FileNotFoundError(f"{adapters} does not exist: train the recipe first (lora-route train {recipe_path})")
+    ctx = setup_distributed(device)
+    dtype = recipe.model.dtype if recipe.model.dtype != "auto" else (
+        "bfloat16" if ctx.device.type == "cuda" else "float32")
+    model, tokenizer = load_model(recipe.model.name_or_path, dtype=dtype, device=ctx.device)
+    load_adapters(model, adapters)
+    model.to(ctx.device)
+    model.eval()
+    return model, tokenizer, recipe, stage_name, trained

@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from ..atomic import write_text_atomic
-from ..data.collate import Batch, EncodedPair, collate
-from ..patch import load_balancing_loss, route
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainingSection
-from .distributed import DistContext
-from .objective import TargetLogits, token_loss_sums
+from lora_route.adapters.patch import load_balancing_loss, route
+from lora_route.common.files import write_text_atomic
+from lora_route.data.collate import Batch, EncodedPair, collate
+from lora_route.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lora_route.train.config import TrainingSection
+from lora_route.train.distributed import DistContext
+from lora_route.train.objective import TargetLogits, token_loss_sums
 
 LOG_FILE = "log.jsonl"
 
@@ -270,8 +271,6 @@ class Trainer:
                 self._write_log(result.dev_losses[-1])
         bar = None
         if self.progress and end > start:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.total_steps, initial=start, desc=self.output_dir.name, unit="step")
         self.model.train()
         for step in range(start, end):

@@ -1,0 +1,105 @@
+"""Mixed-direction translation: one ``generate`` call per batch, whatever directions the batch mixes.
+
+Each batch is prompted with the papers' template, left-padded (so every prompt ends in the same column and the new
+tokens start right after it), routed with :func:`lora_route.patch.route` (each beam / returned sequence inherits its
+sentence's route) and decoded greedily or with beam search until EOS or ``max_new_tokens``. The prompt is cut off
+by position, special tokens are skipped, and — since the template puts the source on its own line and a translation
+is one line — the output is the first non-empty line of the continuation (``first_line=False`` keeps it all).
+Works on unpatched models too (plain prompting, e.g. the base-model row of a results table).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from lora_route.adapters.patch import route
+from lora_route.data.prompts import DEFAULT_TEMPLATE, check_template, format_prompt
+
+
+def _per_sentence(name: str, langs: Sequence[str] | str, count: int) -> list[str]:
+    if isinstance(langs, str):
+        return [langs] * count
+    if not isinstance(langs, Sequence) or len(langs) != count:
+        size = len(langs) if isinstance(langs, Sequence) else type(langs).__name__
+        raise ValueError(f"{name} must be one language code or one per sentence ({count}), got {size}")
+    return list(langs)
+
+
+def _prompt_ids(tokenizer, prompts: list[str], chat_template: bool) -> list[list[int]]:
+    if not chat_template:
+        return [list(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True but the tokenizer has no chat template; use the plain prompt template")
+    return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=False)) for p in prompts]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` (batch, longest) with padding on the left."""
+    if not sequences:
+        raise ValueError("left_pad needs at least one sequence")
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        if ids:
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _clean(text: str, first_line: bool) -> str:
+    text = text.strip()
+    if first_line:
+        text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return text
+
+
+@torch.no_grad()
+def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | str, tgt: Sequence[str] | str, *,
+              num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 16,
+              template: str | None = None, chat_template: bool = False, first_line: bool = True) -> list[str]:
+    """Translate ``sentences[i]`` from ``src[i]`` into ``tgt[i]`` (codes, or one code for all); returns strings in
+    input order. ``max_new_tokens`` defaults to twice the longest source (in tokens) plus 16, per batch."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+        raise ValueError("sentences must be a list of strings")
+    if not all(isinstance(s, str) for s in sentences):
+        raise ValueError("every sentence must be a string")
+    src_langs = _per_sentence("src", src, len(sentences))
+    tgt_langs = _per_sentence("tgt", tgt, len(sentences))
+    for name, value in (("num_beams", num_beams), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens must be None or a positive int, got {max_new_tokens!r}")
+    template = DEFAULT_TEMPLATE if template is None else template
+    check_template(template)
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no EOS token to stop generation at")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    patched = getattr(model, "routed_lora_config", None) is not None
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    for start in range(0, len(sentences), batch_size):
+        chunk = slice(start, start + batch_size)
+        batch_src, batch_tgt = src_langs[chunk], tgt_langs[chunk]
+        prompts = [format_prompt(s, a, b, template) for s, a, b in zip(sentences[chunk], batch_src, batch_tgt)]
+        prompt_ids = _prompt_ids(tokenizer, prompts, chat_template)
+        input_ids, attention_mask = left_pad(prompt_ids, pad_id, device)
+        if max_new_tokens is None:
+            source_lengths = [len(ids) for ids in tokenizer(list(sentences[chunk]), add_special_tokens=False)["input_ids"]]
+            budget = 2 * max(source_lengths) + 16
+        else:
+            budget = max_new_tokens
+        routing = route(model, batch_src, batch_tgt) if patched else contextlib.nullcontext()
+        with routing:
+            generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=budget,
+                                       num_beams=num_beams, num_return_sequences=1, do_sample=False,
+                                       pad_token_id=pad_id, eos_token_id=eos_id)
+        new_tokens = generated[:, input_ids.shape[1]:]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        outputs.extend(_clean(text, first_line) for text in texts)
+    return outputs

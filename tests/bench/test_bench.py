@@ -1,0 +1,275 @@
+"""The benchmark's plumbing on CPU: the minimal smoke run's JSON schema and PNG, the targets' met logic, the naive
+loop and the popularity draws. Timings are never checked."""
+import json
+import math
+
+import pytest
+import torch
+
+from lora_route.bench.config import LAYER_PROVIDERS, PRESETS, Workload
+from lora_route.bench.layer_bench import AGREEMENT_TOLERANCE, LayerBench
+from lora_route.bench.naive import group_rows, naive_loop_linear
+from lora_route.bench.report import auto_preference
+from lora_route.bench.runner import run_benchmark, write_results
+from lora_route.bench.targets import TARGETS, evaluate_targets
+from lora_route.bench.timing import Timer, summarize
+from lora_route.bench.workloads import row_adapters, sequence_adapters
+from lora_route.cli.bench import main as bench_main
+from lora_route.kernels import reference
+from lora_route.kernels.plan import shape_class
+
+LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kind", "tokens", "sequences", "seq_len",
+              "popularity", "active_adapters", "provider", "status", "reason", "timing", "median_ms",
+              "max_rel_error", "agrees_with_reference", "ratio_to_base", "ratio_to_peft_single", "ratio_to_peft_mixed"}
+TRAIN_KEYS = {"provider", "backend", "tokens", "status", "reason", "step_median_ms", "time_ratio_to_single_lora",
+              "memory_metric", "memory_ratio_to_single_lora"}
+# The Triton interpreter takes seconds per call; the smoke test leaves it to the committed CPU smoke run.
+SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p != "lora_route_triton")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    result = run_benchmark(PRESETS["minimal"], device="cpu", layer_providers=SMOKE_LAYER_PROVIDERS, log=lambda _: None)
+    out = tmp_path_factory.mktemp("bench")
+    json_path, png_path = write_results(result, out)
+    return result, json_path, png_path
+
+
+def test_smoke_run_writes_json_and_png(smoke_run):
+    result, json_path, png_path = smoke_run
+    assert json_path.name == "cpu_minimal.json" and png_path.name == "cpu_minimal.png"
+    assert json.loads(json_path.read_text()) == result
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(json_path.parent.glob(".*")), "a temporary file was left behind"
+    assert json_path.stat().st_mode & 0o044 and png_path.stat().st_mode & 0o044, "outputs must be readable by others"
+    assert result["kind"] == "cpu_smoke" and result["performance_evidence"] is False
+    assert "CPU SMOKE RUN" in result["label"]
+    env = result["environment"]
+    for key in ("device_name", "torch", "triton", "torch_cuda", "peft", "transformers", "lora_route_backends"):
+        assert key in env
+
+
+def test_smoke_layer_results_schema_and_agreement(smoke_run):
+    result, _, _ = smoke_run
+    rows = result["layer_results"]
+    workloads = PRESETS["minimal"].workloads()
+    assert len(rows) == len(workloads) * len(SMOKE_LAYER_PROVIDERS)
+    for row in rows:
+        assert LAYER_KEYS <= row.keys(), LAYER_KEYS - row.keys()
+        assert row["status"] in ("ok", "skipped"), row
+        if row["status"] == "ok":
+            assert row["agrees_with_reference"], row
+            assert row["median_ms"] > 0 and row["ratio_to_base"] > 0
+        else:
+            assert row["reason"] and row["median_ms"] is None and row["ratio_to_base"] is None
+    by_provider = {}
+    for row in rows:
+        by_provider.setdefault((row["provider"], row["kind"]), set()).add(row["status"])
+    assert by_provider[("lora_route_cuda", "forward")] == {"skipped"}  # no compiled extension on CPU
+    assert by_provider[("peft_mixed", "forward")] == {"ok"}
+    assert by_provider[("peft_mixed", "forward_backward")] == {"skipped"}
+    assert by_provider[("lora_route_torch", "forward_backward")] == {"ok"}
+    assert all(r["ratio_to_base"] == 1.0 for r in rows if r["provider"] == "base")
+    peft_train = next(r for r in rows if r["provider"] == "peft_mixed" and r["kind"] == "forward_backward")
+    assert "training mode" in peft_train["reason"]
+    assert len(result["plan_results"]) == len(workloads)
+    choices = result["fastest_backends"]
+    assert len(choices) == len(workloads) and all(c["fastest"] == "torch" for c in choices)  # the only one run
+    assert all(c["shape_class"] == shape_class(c["rows"]) for c in choices)
+    assert result["auto_preference"]["decode"]["order"] == ["torch"]  # the minimal preset's calls are all decode-sized
+    assert result["auto_preference"]["prefill_or_training"]["order"] == []
+
+
+def test_auto_preference_orders_backends_by_geometric_mean_slowdown():
+    def row(rows, **medians):
+        return {"shape_class": shape_class(rows), "median_ms": medians}
+
+    fastest = [row(64, triton=2.0, cuda=1.0, torch=8.0), row(256, triton=1.0, cuda=1.5, torch=4.0),
+               row(4096, triton=1.0, cuda=4.0, torch=5.0), row(4096, triton=3.0, cuda=2.0)]
+    preference = auto_preference(fastest)
+    decode = preference["decode"]
+    assert decode["order"] == ["cuda", "triton", "torch"]  # cuda: sqrt(1 * 1.5) < triton: sqrt(2 * 1)
+    assert decode["geomean_slowdown"]["cuda"] == pytest.approx(math.sqrt(1.5))
+    prefill = preference["prefill_or_training"]
+    assert prefill["order"] == ["triton", "cuda", "torch"]  # triton sqrt(1 * 1.5) < cuda sqrt(4 * 1)
+    assert prefill["rows_measured"] == {"triton": 2, "cuda": 2, "torch": 1}
+
+
+def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypatch):
+    from lora_route.kernels import dispatch
+    from lora_route.kernels.plan import DECODE_MAX_ROWS
+
+    monkeypatch.setattr(dispatch, "unsupported_reason", lambda name, x, rank: None)
+    monkeypatch.setattr(dispatch, "AUTO_PREFERENCE", {"decode": ("cuda", "triton"), "prefill_or_training": ("triton",)})
+    monkeypatch.delenv("LORA_ROUTE_BACKEND", raising=False)
+
+    class CudaTensor:  # the dispatcher reads device and shape only; no GPU needed
+        device = torch.device("cuda")
+
+        def __init__(self, *shape):
+            self.shape = shape
+
+    assert dispatch.resolve_backend("auto", CudaTensor(DECODE_MAX_ROWS, 8)) == "cuda"
+    assert dispatch.resolve_backend("auto", CudaTensor(2, DECODE_MAX_ROWS // 2 + 1, 8)) == "triton"
+    monkeypatch.setattr(dispatch, "unsupported_reason", lambda name, x, rank: None if name == "torch" else "absent")
+    assert dispatch.resolve_backend("auto", CudaTensor(4, 8)) == "torch"
+
+
+def test_smoke_training_results(smoke_run):
+    result, _, _ = smoke_run
+    rows = result["training_results"]
+    for row in rows:
+        assert TRAIN_KEYS <= row.keys(), TRAIN_KEYS - row.keys()
+        assert row["status"] in ("ok", "skipped"), row
+    ran = [r for r in rows if r["status"] == "ok"]
+    assert {r["provider"] for r in ran} == {"peft_single", "naive_loop", "lora_route_lora", "lora_route_molora_static",
+                                            "lora_route_crosslora"}
+    assert all(r["backend"] == "torch" for r in ran if r["provider"].startswith("lora_route_"))
+    assert next(r for r in rows if r["provider"] == "peft_mixed")["status"] == "skipped"
+    # Every adapter starts at B = 0, so every provider starts from the base model's loss.
+    losses = [r["initial_loss"] for r in ran]
+    assert max(losses) - min(losses) < 1e-5
+    assert all(r["saved_activation_bytes"] > 0 and r["tokens_per_s"] > 0 for r in ran)
+    assert min(r["time_ratio_to_single_lora"] for r in ran if r["provider"] in ("peft_single", "lora_route_lora")) == 1.0
+    assert result["training_model"]["directions"] == 30
+    assert {t["name"] for t in result["targets"]} == {t.name for t in TARGETS}
+    for target in result["targets"]:
+        assert target["met"] is None and target["conditions_match"] is False  # a CPU run proves no target
+
+
+def _layer_row(provider, workload, popularity, ratio):
+    return {"shape": "llama3_8b_mlp", "workload": workload, "popularity": popularity, "provider": provider,
+            "status": "ok", "ratio_to_base": ratio}
+
+
+def _train_row(provider, backend, time_ratio, memory_ratio):
+    return {"provider": provider, "backend": backend, "status": "ok", "time_ratio_to_single_lora": time_ratio,
+            "memory_ratio_to_single_lora": memory_ratio, "memory_metric": "peak_allocated_bytes"}
+
+
+def test_targets_take_worst_popularity_best_backend_and_need_h100():
+    layer = [
+        _layer_row("lora_route_triton", "forward_4096", "uniform", 1.08),
+        _layer_row("lora_route_cuda", "forward_4096", "uniform", 1.02),
+        _layer_row("lora_route_triton", "forward_4096", "zipf", 1.20),
+        _layer_row("lora_route_cuda", "forward_4096", "zipf", 1.30),
+        _layer_row("peft_mixed", "forward_4096", "zipf", 0.5),  # not a lora_route provider: ignored
+        _layer_row("lora_route_cuda", "decode_64", "uniform", 1.25),
+    ]
+    training = [_train_row("lora_route_molora_static", "triton", 1.05, 1.01),
+                _train_row("lora_route_molora_static", "cuda", 1.20, 1.00),
+                _train_row("lora_route_crosslora", "triton", 1.08, 1.10)]
+    h100 = {"device_name": "NVIDIA H100 80GB HBM3", "device_type": "cuda"}
+    targets = {t["name"]: t for t in evaluate_targets(layer, training, h100, "bfloat16")}
+    forward = targets["forward_4096_vs_base"]
+    assert forward["measured"] == pytest.approx(1.20) and forward["met"] is False
+    assert forward["details"]["per_popularity"]["uniform"]["provider"] == "lora_route_cuda"
+    assert targets["decode_64_vs_base"]["met"] is True
+    assert targets["decode_256_vs_base"]["measured"] is None and targets["decode_256_vs_base"]["met"] is None
+    assert targets["train_step_time_vs_single_lora"]["measured"] == pytest.approx(1.08)
+    assert targets["train_step_time_vs_single_lora"]["met"] is True
+    assert targets["train_step_memory_vs_single_lora"]["measured"] == pytest.approx(1.10)
+    assert targets["train_step_memory_vs_single_lora"]["met"] is False
+    a100 = {"device_name": "NVIDIA A100-SXM4-80GB", "device_type": "cuda"}
+    for target in evaluate_targets(layer, training, a100, "bfloat16"):
+        assert target["met"] is None
+    assert {t["name"]: t["within_threshold"] for t in evaluate_targets(layer, training, a100, "bfloat16")}[
+        "decode_64_vs_base"] is True
+
+
+def test_naive_loop_matches_reference_and_skips_unrouted_rows():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    weight, bias = torch.randn(9, 12, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    A, B = torch.randn(4, 3, 12, dtype=torch.float64), torch.randn(4, 9, 3, dtype=torch.float64)
+    rows = torch.tensor([3, -1, 0, 0, 2, -1, 3, 1, 1, 0, -1, 2, 3, 3])
+    groups = group_rows(rows)
+    assert [adapter for adapter, _ in groups] == [0, 1, 2, 3]
+    out = naive_loop_linear(x, weight, bias, A, B, groups, 0.5)
+    expected = reference.routed_linear(x.reshape(14, 12), weight, bias, A, B, rows, rows, scale=0.5)
+    torch.testing.assert_close(out.reshape(14, 9), expected)
+    with pytest.raises(ValueError, match="do not fit"):
+        naive_loop_linear(x, weight, bias, A[:, :, :5], B, groups, 0.5)
+
+
+def test_relative_error_flags_a_wrong_route():
+    bench = LayerBench(PRESETS["minimal"].shapes[0], torch.device("cpu"), torch.float32, seed=3)
+    workload = Workload("forward", 4, 2, "uniform")
+    x, dy = bench.inputs(workload, seed=4)
+    call = bench.prepare("base", workload, x, dy, torch.zeros(4, dtype=torch.int64))
+    output = call.forward()
+    assert bench.relative_error(output, x, call.rows) == 0.0
+    wrong_rows = torch.zeros(8, dtype=torch.int64)  # the base output checked as if adapter 0 were applied
+    assert bench.relative_error(output, x, wrong_rows) > AGREEMENT_TOLERANCE[torch.float32]
+
+
+def test_popularity_draws():
+    uniform = sequence_adapters("uniform", 64, 30, seed=1)
+    counts = torch.bincount(uniform, minlength=30)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 64
+    assert torch.equal(uniform, sequence_adapters("uniform", 64, 30, seed=1))
+    assert torch.equal(sequence_adapters("single", 5, 30, seed=1), torch.zeros(5, dtype=torch.int64))
+    zipf = sequence_adapters("zipf", 4000, 30, seed=2)
+    zipf_counts = torch.bincount(zipf, minlength=30)
+    assert zipf_counts[0] > zipf_counts[1] > zipf_counts[5] and zipf.max() < 30
+    assert row_adapters(torch.tensor([2, 0]), 3).tolist() == [2, 2, 2, 0, 0, 0]
+    with pytest.raises(ValueError, match="unknown popularity"):
+        sequence_adapters("bursty", 4, 30, seed=0)
+    with pytest.raises(ValueError, match="decode"):
+        Workload("decode", 4, 2, "uniform")
+
+
+def test_timer_and_summary():
+    assert summarize([3.0, 1.0, 2.0]).median_ms == 2.0
+    stats = summarize([float(v) for v in range(1, 11)])
+    assert stats.p20_ms < stats.median_ms < stats.p80_ms and stats.repetitions == 10
+    with pytest.raises(ValueError, match="no timed"):
+        summarize([])
+    calls = []
+    tensor = torch.zeros(2, requires_grad=True)
+
+    def fn():
+        assert tensor.grad is None
+        calls.append(1)
+        (tensor * 2).sum().backward()
+    timing = Timer(torch.device("cpu"), reps=4, warmup=2, rep_ms=1, warmup_ms=0).measure(fn, [tensor])
+    assert len(calls) == 6 and timing.repetitions == 4
+
+
+def test_cli_runs_a_layer_only_benchmark(tmp_path, capsys):
+    code = bench_main(["--preset", "minimal", "--device", "cpu", "--no-training", "--providers", "base",
+                       "lora_route_torch", "--out-dir", str(tmp_path), "--name", "cli_run"])
+    assert code == 0
+    data = json.loads((tmp_path / "cli_run.json").read_text())
+    assert {r["provider"] for r in data["layer_results"]} == {"base", "lora_route_torch"}
+    assert data["training_results"] == [] and (tmp_path / "cli_run.png").exists()
+    assert "target forward_4096_vs_base" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_main(["--preset", "minimal", "--shapes", "no_such_shape", "--out-dir", str(tmp_path)])
+
+
+def test_a_failing_provider_is_recorded_and_the_run_goes_on():
+    from lora_route.bench.runner import _measure_layer_provider
+
+    class BrokenBench:
+        device = torch.device("cpu")
+
+        def prepare(self, *args):
+            raise RuntimeError("kernel launch failed")
+
+    timer = Timer(torch.device("cpu"), reps=1, warmup=0, rep_ms=1, warmup_ms=0)
+    row = _measure_layer_provider(BrokenBench(), "lora_route_torch", None, None, None, None, timer, torch.float32)
+    assert row["status"] == "error" and row["reason"] == "RuntimeError: kernel launch failed"
+    assert row["median_ms"] is None
+
+
+@pytest.mark.cuda
+def test_minimal_run_on_gpu_runs_every_available_backend(tmp_path):
+    result = run_benchmark(PRESETS["minimal"], device="cuda", log=lambda _: None)
+    write_results(result, tmp_path)
+    assert result["kind"] == "gpu" and result["performance_evidence"] is True
+    rows = result["layer_results"] + result["training_results"]
+    assert not [r for r in rows if r["status"] == "error"]
+    triton_rows = [r for r in result["layer_results"] if r["provider"] == "lora_route_triton"]
+    assert triton_rows and all(r["status"] == "ok" and r["agrees_with_reference"] for r in triton_rows)
+    assert all(r["peak_allocated_bytes"] > 0 for r in result["training_results"] if r["status"] == "ok")

@@ -1,0 +1,82 @@
+"""translate(): one generate call per mixed-direction batch gives what each direction gives alone."""
+import pytest
+import torch
+from tiny_models import randomize_adapters, tiny_causal_lm
+from train_helpers import tiny_tokenizer
+
+from lora_route.adapters.config import RoutedLoRAConfig
+from lora_route.adapters.patch import apply_routed_lora
+from lora_route.eval.generation import left_pad, translate
+
+SENTENCES = ["Hello world.", "Guten Morgen!", "A longer sentence here.", "Kurz."]
+SRC = ["en", "de", "en", "de"]
+TGT = ["de", "en", "zh", "zh"]
+
+
+@pytest.fixture(scope="module")
+def routed_model():
+    model = apply_routed_lora(tiny_causal_lm("llama", seed=3), RoutedLoRAConfig("unilora", ["en", "de", "zh"], r=4,
+                                                                                  r_uni=8))
+    randomize_adapters(model, seed=5, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_mixed_batch_equals_each_direction_alone(routed_model, num_beams):
+    tokenizer = tiny_tokenizer()
+    kwargs = dict(num_beams=num_beams, max_new_tokens=6, first_line=False)
+    mixed = translate(routed_model, tokenizer, SENTENCES, SRC, TGT, **kwargs)
+    assert len(mixed) == 4 and len(set(mixed)) > 1
+    for i in range(4):
+        alone = translate(routed_model, tokenizer, [SENTENCES[i]], [SRC[i]], [TGT[i]], **kwargs)
+        assert alone == [mixed[i]]
+    if num_beams == 1:
+        assert translate(routed_model, tokenizer, SENTENCES, SRC, TGT, batch_size=3, **kwargs) == mixed
+
+
+def test_routes_change_the_output_and_prompt_is_stripped(routed_model):
+    tokenizer = tiny_tokenizer()
+    a = translate(routed_model, tokenizer, ["Hello world."] * 2, ["en", "en"], ["de", "zh"], max_new_tokens=8,
+                  first_line=False)
+    assert a[0] != a[1]
+    assert all("Translate the following" not in text for text in a)
+
+
+def test_unpatched_model_and_input_validation():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm("qwen2")
+    out = translate(model, tokenizer, ["Hi."], "en", "de", max_new_tokens=4)
+    assert len(out) == 1 and isinstance(out[0], str)
+    with pytest.raises(ValueError, match="one per sentence \\(2\\)"):
+        translate(model, tokenizer, ["a", "b"], ["en"], "de")
+    with pytest.raises(ValueError, match="num_beams"):
+        translate(model, tokenizer, ["a"], "en", "de", num_beams=0)
+    with pytest.raises(ValueError, match="unknown language code"):
+        translate(model, tokenizer, ["a"], "en", "xx")
+    with pytest.raises(ValueError, match="no \\{source\\}"):
+        translate(model, tokenizer, ["a"], "en", "de", template="{tgt_name}:")
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="at least one"):
+        left_pad([], 0, torch.device("cpu"))
+
+
+def test_num_return_sequences_inherit_their_sentences_route(routed_model):
+    tokenizer = tiny_tokenizer()
+    prompts = [[1, 40, 41, 42, 43], [1, 50, 51, 52, 53]]
+    ids, mask = left_pad(prompts, 0, torch.device("cpu"))
+    kwargs = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0,
+                  eos_token_id=tokenizer.eos_token_id)
+    from lora_route.adapters.patch import route
+
+    with route(routed_model, ["en", "de"], ["zh", "en"]):
+        both = routed_model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert both.shape[0] == 4
+    for i, (s, t) in enumerate([("en", "zh"), ("de", "en")]):
+        with route(routed_model, [s], [t]):
+            alone = routed_model.generate(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], **kwargs)
+        assert torch.equal(both[2 * i : 2 * i + 2], alone)
