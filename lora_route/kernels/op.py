@@ -145,6 +145,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_z):
+    if torch.is_grad_enabled():
+        raise RuntimeError("double backward (create_graph=True, higher-order gradients) through lora_route's routed "
+                           "op is not supported: its backward is not differentiable")
     (x, weight, z, A, B, U, a_idx, b_idx, u_idx, row_scale, row_order, segment_starts, segment_routes,
      num_segments) = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -233,6 +236,8 @@ def _validate(x, weight, bias, A, B, U, a_idx, b_idx, u_idx, scale, plan):
             raise ValueError(f"plan was built for {plan.num_rows} rows but x has {num_rows}")
         if plan.row_order.device != x.device:
             raise ValueError(f"plan is on {plan.row_order.device} but x is on {x.device}")
+        if not torch.compiler.is_compiling():
+            plan.check_built_from(a_idx, b_idx, u_idx)
         if plan.index_bounds is not None:
             (_, max_a), (_, max_b), (_, max_u) = plan.index_bounds
             _raise_if_out_of_range((max_a, max_u, max_b), A, B, U)

@@ -35,6 +35,10 @@ class RoutePlan:
     num_segments:    () int64, ``S``.
     index_bounds:    ``((min_a, max_a), (min_b, max_b), (min_u, max_u))`` over active rows as Python ints, or None
                      when the plan was built inside a compiled graph (bounds are then checked by the kernel call).
+    indices:         the ``(a_idx, b_idx, u_idx)`` tensors :func:`plan_routes` built the plan from, and
+    index_versions:  their version counters then (-1 for inference tensors, which carry none): a call that passes the
+                     plan with other index tensors, or with these changed in place since, is refused
+                     (:meth:`check_built_from`).
     """
 
     row_order: Tensor
@@ -42,6 +46,8 @@ class RoutePlan:
     segment_routes: Tensor
     num_segments: Tensor
     index_bounds: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+    indices: tuple[Tensor, Tensor, Tensor | None] | None = None
+    index_versions: tuple[int, int, int] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -49,6 +55,19 @@ class RoutePlan:
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.row_order, self.segment_starts, self.segment_routes, self.num_segments
+
+    def check_built_from(self, a_idx: Tensor, b_idx: Tensor, u_idx: Tensor | None) -> None:
+        """ValueError unless this plan was built by :func:`plan_routes` from these very index tensors and none of them
+        has been changed in place since (plans built inside a compiled graph record no indices and are not checked)."""
+        if self.indices is None:
+            return
+        for name, given, built in zip(("a_idx", "b_idx", "u_idx"), (a_idx, b_idx, u_idx), self.indices):
+            if given is not built:
+                raise ValueError(f"the plan was built from other index tensors than the {name} passed with it; "
+                                 "build it with plan_routes() from the indices of this call")
+        if _versions(self.indices) != self.index_versions:
+            raise ValueError("an index tensor was changed in place after plan_routes() built this plan; "
+                             "build a new plan from the changed indices")
 
     def segments(self) -> list[tuple[Tensor, int, int, int]]:
         """Host-side ``(rows, a, u, b)`` per segment (synchronises; used by the torch backend)."""
@@ -137,7 +156,13 @@ def plan_routes(a_idx: Tensor, b_idx: Tensor | None = None, u_idx: Tensor | None
             raise ValueError(f"{name} is on {index.device} but a_idx is on {a_idx.device}")
     check_route_consistency(a_idx, b_idx, u_idx)
     row_order, segment_starts, segment_routes, num_segments = build_plan_tensors(a_idx, b_idx, u_idx)
-    return RoutePlan(row_order, segment_starts, segment_routes, num_segments, _index_bounds(a_idx, b_idx, u_idx))
+    indices = (a_idx, b_idx, u_idx)
+    return RoutePlan(row_order, segment_starts, segment_routes, num_segments, _index_bounds(a_idx, b_idx, u_idx),
+                     indices, _versions(indices))
+
+
+def _versions(indices: tuple[Tensor | None, ...]) -> tuple[int, ...]:
+    return tuple(-1 if t is None or t.is_inference() else t._version for t in indices)
 
 
 def _index_bounds(a_idx: Tensor, b_idx: Tensor, u_idx: Tensor | None):

@@ -151,6 +151,36 @@ def test_plan_for_other_rows():
         routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_plan_is_refused_with_indices_it_was_not_built_from(backend):
+    """A plan built for other indices used to be trusted over the indices passed with it (wrong rows, no error)."""
+    if backend == "triton" and not lora_route.backends()["triton"]:
+        pytest.skip("the triton backend is not available")
+    x, A, B, a_idx, b_idx = _args()
+    other = lora_route.plan_routes(b_idx, a_idx)
+    with pytest.raises(ValueError, match="built from other index tensors than the a_idx"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, plan=other, backend=backend)
+    same_values = lora_route.plan_routes(a_idx.clone(), b_idx.clone())
+    with pytest.raises(ValueError, match="other index tensors"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, plan=same_values, backend=backend)
+    plan = lora_route.plan_routes(a_idx, b_idx)
+    out_of_range = torch.full_like(a_idx, A.shape[0] + 3)
+    with pytest.raises(ValueError, match="other index tensors"):
+        routed_lora_delta(x, A, B, out_of_range, out_of_range, plan=plan, backend=backend)
+
+
+def test_indices_changed_in_place_after_planning_are_refused():
+    x, A, B, a_idx, b_idx = _args()
+    plan = lora_route.plan_routes(a_idx, b_idx)
+    expected = routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
+    a_idx[0] = (a_idx[0] + 1) % A.shape[0] if a_idx[0] >= 0 else a_idx[0]
+    b_idx.add_(0)
+    with pytest.raises(ValueError, match="changed in place after plan_routes"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
+    fresh = lora_route.plan_routes(a_idx, b_idx)
+    assert routed_lora_delta(x, A, B, a_idx, b_idx, plan=fresh).shape == expected.shape
+
+
 def test_unknown_and_unavailable_backend(monkeypatch):
     x, A, B, a_idx, b_idx = _args()
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
@@ -176,3 +206,16 @@ def test_rank_beyond_triton_limit_is_refused_by_the_dispatcher():
     with pytest.raises(ValueError, match="backend='triton' cannot serve this call: Triton kernels take ranks up to"):
         routed_lora_delta(x, A, B, a_idx, b_idx, backend="triton")
     assert lora_route.resolve_backend("auto", x, rank) == "torch"
+
+
+def test_double_backward_raises_a_clear_error():
+    """create_graph=True used to return first-order gradients with no graph behind them (second order silently 0)."""
+    x, A, B, a_idx, b_idx = _args(torch.float64)
+    x.requires_grad_(True)
+    A.requires_grad_(True)
+    out = routed_lora_delta(x, A, B, a_idx, b_idx).square().sum()
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        torch.autograd.grad(out, (x, A), create_graph=True)
+    first = routed_lora_delta(x, A, B, a_idx, b_idx).square().sum()
+    grad_x, grad_a = torch.autograd.grad(first, (x, A))
+    assert grad_x.shape == x.shape and grad_a.shape == A.shape
