@@ -15,9 +15,11 @@ static shapes (no mask-dependent index tensors).
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -34,42 +36,81 @@ _CONFIG_ATTR = "routed_lora_config"
 _MAX_CACHED_SHAPES = 16
 
 
+@dataclass
+class _Routing:
+    """The routing of one ``route`` block (or of code outside any block) in one context: the (src, tgt) pairs, the
+    shape of the model's input, and the per-row indices + plans built from them, per input shape."""
+
+    src: list[str] | str | None = None
+    tgt: list[str] | str | None = None
+    input_shape: tuple[int, int] | None = None
+    built: dict[tuple, list[tuple[Tensor, Tensor | None, Tensor, float, RoutePlan]]] = field(default_factory=dict)
+
+
 class RoutingState:
-    """Per-model routing: the current (src, tgt) pairs and the per-row indices + plans built from them."""
+    """Per-model routing: which direction is merged into the weights (model-wide) and, per context, the current
+    (src, tgt) pairs with the indices + plans built from them.
+
+    The pairs live in a :class:`contextvars.ContextVar`, so ``route`` blocks in different threads (or asyncio tasks)
+    on one model are isolated: each sees its own pairs. A thread does not inherit the blocks of the thread that
+    started it.
+    """
 
     def __init__(self, config: RoutedLoRAConfig):
         self.config = config
         self.router = LanguageRouter(config)
-        self.src: list[str] | str | None = None
-        self.tgt: list[str] | str | None = None
-        self.input_shape: tuple[int, int] | None = None
         self.merged_direction: tuple[str, str] | None = None
-        self._cache: dict[tuple, list[tuple[Tensor, Tensor | None, Tensor, float, RoutePlan]]] = {}
+        self._current: contextvars.ContextVar[_Routing] = contextvars.ContextVar(f"lora_route_routing_{id(self):x}")
 
-    def set_pairs(self, src, tgt) -> None:
-        """Validate and store the pairs (lists of one code per sequence, or one code each for every sequence)."""
-        if src is not None:
-            if isinstance(src, str) != isinstance(tgt, str):
-                raise ValueError("give src and tgt both as single language codes or both as lists")
-            probe_src, probe_tgt = ([src], [tgt]) if isinstance(src, str) else (src, tgt)
-            self.router.check_pairs(probe_src, probe_tgt)
-            self.router.indices(probe_src, probe_tgt)  # directions the method does not define raise here
-            if self.merged_direction is not None:
-                other = {(s, t) for s, t in zip(probe_src, probe_tgt)} - {self.merged_direction}
-                if other:
-                    raise ValueError(
-                        f"the model has {direction_key(*self.merged_direction)} merged into its weights; it cannot "
-                        f"serve {', '.join(direction_key(*pair) for pair in sorted(other))} (unmerge first)")
-        self.src, self.tgt = (list(src), list(tgt)) if isinstance(src, (list, tuple)) else (src, tgt)
-        self._cache.clear()
+    def __deepcopy__(self, memo: dict) -> RoutingState:
+        """A copied model gets its own routing state (the same config and merged direction, no open blocks)."""
+        copy = RoutingState(self.config)
+        copy.merged_direction = self.merged_direction
+        return copy
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "merged_direction": self.merged_direction}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"])
+        self.merged_direction = state["merged_direction"]
+
+    def current(self) -> _Routing:
+        """The routing of the calling context (an empty one outside any ``route`` block)."""
+        routing = self._current.get(None)
+        if routing is None:
+            routing = _Routing()
+            self._current.set(routing)
+        return routing
+
+    def enter(self, src, tgt) -> contextvars.Token:
+        """Validate the pairs (lists of one code per sequence, or one code each for every sequence) and make them the
+        calling context's routing; returns the token that :meth:`leave` restores the previous routing with."""
+        if isinstance(src, str) != isinstance(tgt, str):
+            raise ValueError("give src and tgt both as single language codes or both as lists")
+        probe_src, probe_tgt = ([src], [tgt]) if isinstance(src, str) else (src, tgt)
+        self.router.check_pairs(probe_src, probe_tgt)
+        self.router.indices(probe_src, probe_tgt)  # directions the method does not define raise here
+        if self.merged_direction is not None:
+            other = {(s, t) for s, t in zip(probe_src, probe_tgt)} - {self.merged_direction}
+            if other:
+                raise ValueError(
+                    f"the model has {direction_key(*self.merged_direction)} merged into its weights; it cannot "
+                    f"serve {', '.join(direction_key(*pair) for pair in sorted(other))} (unmerge first)")
+        pairs = (list(src), list(tgt)) if isinstance(src, (list, tuple)) else (src, tgt)
+        return self._current.set(_Routing(*pairs))
+
+    def leave(self, token: contextvars.Token) -> None:
+        self._current.reset(token)
 
     def _shape_of(self, x: Tensor) -> tuple[int, int]:
         """(sequences, tokens per sequence) of a layer input (batch, seq, d) or flattened (batch·seq, d)."""
         if x.dim() >= 3:
             return x.shape[0], math.prod(x.shape[1:-1])
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if self.input_shape is not None and math.prod(self.input_shape) == rows:
-            return self.input_shape
+        input_shape = self.current().input_shape
+        if input_shape is not None and math.prod(input_shape) == rows:
+            return input_shape
         if x.dim() == 2:
             return rows, 1
         raise ValueError(f"cannot tell sequences from a {x.dim()}-D input of shape {tuple(x.shape)}")
@@ -77,27 +118,28 @@ class RoutingState:
     def rows(self, x: Tensor, route_ids: Sequence[int]):
         """``(a_idx, u_idx, b_idx, scale, plan)`` per requested route for the rows of ``x``."""
         num_sequences, seq_len = self._shape_of(x)
+        routing = self.current()
         key = (num_sequences, seq_len, x.device)
-        routes = self._cache.get(key)
+        routes = routing.built.get(key)
         if routes is None:
-            routes = self._build(num_sequences, seq_len, x.device)
-            if len(self._cache) >= _MAX_CACHED_SHAPES:
-                self._cache.clear()
-            self._cache[key] = routes
+            routes = self._build(routing, num_sequences, seq_len, x.device)
+            if len(routing.built) >= _MAX_CACHED_SHAPES:
+                routing.built.clear()
+            routing.built[key] = routes
         return [routes[i] for i in route_ids]
 
-    def _build(self, num_sequences: int, seq_len: int, device: torch.device):
-        if self.src is None:
+    def _build(self, routing: _Routing, num_sequences: int, seq_len: int, device: torch.device):
+        if routing.src is None:
             if self.config.method not in LANGUAGE_FREE_METHODS:
                 raise ValueError(
                     f"no languages set for this {self.config.method} adapter: run the model inside "
                     "`with lora_route.route(model, src=[...], tgt=[...]):` (one pair per sequence)")
             zeros = torch.zeros(num_sequences, dtype=torch.int64, device=device)
             per_sequence = (RouteIndices(zeros, None, zeros),)
-        elif isinstance(self.src, str):
-            per_sequence = self.router.indices([self.src] * num_sequences, [self.tgt] * num_sequences, device)
+        elif isinstance(routing.src, str):
+            per_sequence = self.router.indices([routing.src] * num_sequences, [routing.tgt] * num_sequences, device)
         else:
-            per_sequence = self.router.indices(self.src, self.tgt, device)
+            per_sequence = self.router.indices(routing.src, routing.tgt, device)
         built = []
         for indices in per_sequence:
             rows = expand_to_rows(indices, num_sequences, seq_len)
@@ -112,7 +154,8 @@ class RoutingState:
             tensor = kwargs.get("inputs_embeds")
         if tensor is None and args and isinstance(args[0], Tensor):
             tensor = args[0]
-        self.input_shape = (tensor.shape[0], tensor.shape[1]) if tensor is not None and tensor.dim() >= 2 else None
+        shape = (tensor.shape[0], tensor.shape[1]) if tensor is not None and tensor.dim() >= 2 else None
+        self.current().input_shape = shape
 
 
 def patched_config(model: nn.Module) -> RoutedLoRAConfig:
@@ -218,16 +261,15 @@ def route(model: nn.Module, src: Sequence[str] | str, tgt: Sequence[str] | str) 
 
     ``src`` and ``tgt`` are lists with one code per input sequence (or one code each, applied to every sequence).
     Unknown languages, directions the method does not define and unequal lengths raise ValueError on entry; an
-    input whose number of sequences is not a multiple of the pairs raises on the forward. Blocks nest.
+    input whose number of sequences is not a multiple of the pairs raises on the forward. Blocks nest, and blocks in
+    different threads on one model are independent of each other.
     """
     state = _state(model)
-    previous = (state.src, state.tgt)
-    state.set_pairs(src, tgt)
+    token = state.enter(src, tgt)
     try:
         yield model
     finally:
-        state.src, state.tgt = previous
-        state._cache.clear()
+        state.leave(token)
 
 
 def direction_routes(model: nn.Module, src: str, tgt: str) -> tuple[tuple[int, int, int], ...]:

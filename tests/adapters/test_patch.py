@@ -198,3 +198,51 @@ def test_route_and_routed_modules_see_through_wrappers():
         through_wrapper = wrapped(ids).logits
     with route(model, ["de"], ["zh"]):
         torch.testing.assert_close(model(ids).logits, through_wrapper)
+
+
+def test_route_blocks_in_concurrent_threads_are_isolated():
+    """Two threads, each in its own route() block on one model, used to get each other's adapters (no error)."""
+    import threading
+
+    model = tiny_causal_lm("llama")
+    apply_routed_lora(model, RoutedLoRAConfig("crosslora", LANGS, r=4))
+    randomize_adapters(model)
+    ids = torch.randint(3, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+    directions = {"a": (["de", "zh"], ["en", "cs"]), "b": (["en", "cs"], ["zh", "de"])}
+    expected = {}
+    for name, (src, tgt) in directions.items():
+        with route(model, src, tgt):
+            expected[name] = model(ids).logits
+    assert not torch.allclose(expected["a"], expected["b"], atol=1e-3)
+    barrier = threading.Barrier(2)
+    wrong: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def serve(name):
+        src, tgt = directions[name]
+        try:
+            with route(model, src, tgt):
+                barrier.wait()  # both blocks are open before either thread runs a forward
+                wrong[name] = sum(not torch.allclose(model(ids).logits, expected[name], atol=1e-5) for _ in range(20))
+        except BaseException as error:  # surfaced in the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=serve, args=(name,)) for name in directions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert wrong == {"a": 0, "b": 0}
+
+
+def test_a_copied_or_pickled_model_has_its_own_routing_state():
+    import copy
+    import pickle
+
+    model = apply_routed_lora(tiny_causal_lm(), RoutedLoRAConfig("crosslora", LANGS, r=4))
+    ids = torch.randint(3, 128, (1, 4), generator=torch.Generator().manual_seed(2))
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with route(twin, ["de"], ["en"]):
+            with route(model, ["zh"], ["cs"]):
+                assert twin(ids).logits.shape == (1, 4, 128)
