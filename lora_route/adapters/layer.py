@@ -2,7 +2,7 @@
 
 Banks are single Parameters (``lora_A`` (n_a, r, d_in), ``lora_B`` (n_b, d_out, r), optional UniCore ``uni_A``
 (r_uni, r) / ``uni_B`` (r, r_uni), optional MoLoRA router), so DDP/FSDP see a fixed parameter set whatever
-directions a batch holds. The per-row indices come from the model's routing state (:mod:`lora_route.patch`), which
+directions a batch holds. The per-row indices come from the model's routing state (:mod:`lora_route.adapters.patch`), which
 builds them and their segment plan once per input shape and shares them with every layer.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lora_route.kernels.plan import RoutePlan
 
 
 class RowRoutes(Protocol):
-    """Source of per-row routes for a layer input (implemented by :class:`lora_route.patch.RoutingState`)."""
+    """Source of per-row routes for a layer input (implemented by :class:`lora_route.adapters.patch.RoutingState`)."""
 
     def rows(self, x: Tensor, route_ids: Sequence[int]) -> list[tuple[Tensor, Tensor | None, Tensor, float, RoutePlan]]:
         """``(a_idx, u_idx, b_idx, scale, plan)`` per requested route, for the rows of ``x`` (..., d_in)."""
@@ -29,12 +29,12 @@ class RoutedLoRALinear(nn.Module):
     """``y = base_layer(x) + Σ_routes scale · B[b] · U[u] · A[a] · dropout(x)`` per row.
 
     base_layer: the frozen ``nn.Linear`` (d_in → d_out); config: the adapter's
-    :class:`~lora_route.methods.RoutedLoRAConfig`; layer_index: decoder layer holding this module (None when not in
+    :class:`~lora_route.adapters.config.RoutedLoRAConfig`; layer_index: decoder layer holding this module (None when not in
     a numbered layer). ``scaling = alpha / r``. Adapter parameters are float32 (float64 for a float64 base) and are
     cast to the input dtype in forward, so bf16/fp16 models train fp32 adapter weights.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: "RoutedLoRAConfig", layer_index: int | None = None):
+    def __init__(self, base_layer: nn.Linear, config: RoutedLoRAConfig, layer_index: int | None = None):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"RoutedLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
@@ -49,18 +49,33 @@ class RoutedLoRALinear(nn.Module):
         dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
         d_out, d_in = weight.shape
         factory = {"device": weight.device, "dtype": dtype}
-        self.lora_A = nn.Parameter(torch.empty(self.spec.n_a, config.r, d_in, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(self.spec.n_b, d_out, config.r, **factory))
+        shapes = self.parameter_shapes(config, layer_index, d_in, d_out)
+        self.lora_A = nn.Parameter(torch.empty(shapes["lora_A"], **factory))
+        self.lora_B = nn.Parameter(torch.zeros(shapes["lora_B"], **factory))
         if self.spec.has_core:
-            self.uni_A = nn.Parameter(torch.empty(config.r_uni, config.r, **factory))
-            self.uni_B = nn.Parameter(torch.empty(config.r, config.r_uni, **factory))
+            self.uni_A = nn.Parameter(torch.empty(shapes["uni_A"], **factory))
+            self.uni_B = nn.Parameter(torch.empty(shapes["uni_B"], **factory))
         else:
             self.uni_A = self.uni_B = None
         self.router = nn.Linear(d_in, self.spec.router_experts, bias=False, **factory) if self.spec.router_experts else None
         self.route_source: RowRoutes | None = None
         self.merged_routes: tuple[tuple[int, int, int], ...] | None = None
+        self._merged_factors: tuple[Tensor, Tensor] | None = None
         self.load_balancing_loss: Tensor | None = None
         self.reset_adapter_parameters()
+
+    @staticmethod
+    def parameter_shapes(config: RoutedLoRAConfig, layer_index: int | None, d_in: int,
+                         d_out: int) -> dict[str, tuple[int, ...]]:
+        """Name → shape of every adapter parameter a layer of ``config`` over a (d_out × d_in) linear layer holds
+        (``lora_A``, ``lora_B``, ``uni_A`` / ``uni_B`` with the UniCore, ``router.weight`` with a learned router)."""
+        spec = config.layer_spec(layer_index)
+        shapes = {"lora_A": (spec.n_a, config.r, d_in), "lora_B": (spec.n_b, d_out, config.r)}
+        if spec.has_core:
+            shapes.update(uni_A=(config.r_uni, config.r), uni_B=(config.r, config.r_uni))
+        if spec.router_experts:
+            shapes["router.weight"] = (spec.router_experts, d_in)
+        return shapes
 
     @property
     def in_features(self) -> int:
@@ -206,21 +221,27 @@ class RoutedLoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self, routes: Sequence[tuple[int, int, int]]) -> None:
-        """Fold the routes' ΔW into ``base_layer.weight``; forward then runs the base layer only."""
+        """Fold the routes' ΔW into ``base_layer.weight``; forward then runs the base layer only. The factors of the
+        folded ΔW are kept, so that :meth:`unmerge` subtracts exactly what was added whatever happens to the
+        adapters in between."""
         if self.merged_routes is not None:
             raise ValueError(f"already merged routes {self.merged_routes}; unmerge first")
+        a, b = self.direction_factors(routes)
         weight = self.base_layer.weight
-        weight.copy_((weight.float() + self.delta_weight(routes)).to(weight.dtype))
+        weight.copy_((weight.float() + self.scaling * (b @ a)).to(weight.dtype))
         self.merged_routes = tuple(tuple(route) for route in routes)
+        self._merged_factors = (a, b)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Subtract the merged ΔW again (exact in float32; within rounding for half-precision bases)."""
-        if self.merged_routes is None:
+        if self.merged_routes is None or self._merged_factors is None:
             raise ValueError("nothing is merged into this layer")
+        a, b = self._merged_factors
         weight = self.base_layer.weight
-        weight.copy_((weight.float() - self.delta_weight(self.merged_routes)).to(weight.dtype))
+        weight.copy_((weight.float() - self.scaling * (b @ a)).to(weight.dtype))
         self.merged_routes = None
+        self._merged_factors = None
 
     def extra_repr(self) -> str:
         core = f", r_uni={self.uni_A.shape[0]}" if self.spec.has_core else ""

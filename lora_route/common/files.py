@@ -1,10 +1,14 @@
-"""Files the package writes and reads: every output is written beside its target and renamed onto it only once
-complete; JSON objects and JSON-lines records are read with errors that name the file (and line).
+"""Files and folders the package writes and reads: every output file is written beside its target and renamed onto
+it only once complete, every output folder (checkpoints, adapters, exports) is built beside its target and swapped
+in (:func:`atomic_folder`); JSON objects and JSON-lines records are read with errors that name the file (and line).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,3 +88,100 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
     return records
+
+
+# ------------------------------------------------------------------------------------------------------- folders
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_NEW_MARK, _OLD_MARK = ".new-", ".old-"
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or the
+    file system cannot, so that the caller falls back to two renames."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _leftovers(path: Path, mark: str) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.name}{mark}*")) if path.parent.is_dir() else []
+
+
+def recover_folder(path: str | os.PathLike) -> Path:
+    """Finish or undo a folder replacement that a crash interrupted: when ``path`` is missing but its previous version
+    was set aside, put that back; remove half-built new versions and set-aside old ones. Returns ``path``."""
+    path = Path(path)
+    kept = _leftovers(path, _OLD_MARK)
+    if not path.exists() and kept:
+        os.rename(kept[-1], path)
+        kept = kept[:-1]
+    for leftover in kept + _leftovers(path, _NEW_MARK):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return path
+
+
+def recover_folders(parent: str | os.PathLike) -> None:
+    """:func:`recover_folder` for every folder of ``parent`` that an interrupted replacement left traces of."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    names = set()
+    for entry in parent.iterdir():
+        for mark in (_NEW_MARK, _OLD_MARK):
+            if entry.name.startswith(".") and mark in entry.name:
+                names.add(entry.name[1:entry.name.rindex(mark)])
+    for name in sorted(names):
+        recover_folder(parent / name)
+
+
+def building_folder(path: str | os.PathLike, tag: str) -> Path:
+    """The name under which the next version of folder ``path`` is built (``tag`` tells builds apart); a leftover of
+    a crashed build under this name is removed by :func:`recover_folder`."""
+    path = Path(path)
+    return path.parent / f".{path.name}{_NEW_MARK}{tag}"
+
+
+def publish_folder(built: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the complete folder ``built`` (beside ``path``) to ``path``, replacing what is there so that at every
+    instant ``path`` is either the old complete folder or the new one — or, after a crash between the two renames of
+    the fallback (file systems without atomic exchange), missing with the old one set aside beside it, which
+    :func:`recover_folder` puts back. Returns ``path``."""
+    built, path = Path(built), Path(path)
+    if not path.exists():
+        os.rename(built, path)
+    elif _exchange(built, path):
+        shutil.rmtree(built)  # now the old folder
+    else:
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OLD_MARK}", dir=path.parent))
+        os.rmdir(aside)
+        os.rename(path, aside)
+        os.rename(built, path)
+        shutil.rmtree(aside)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path`` for the block to fill; when the block finishes, the folder replaces
+    ``path`` (:func:`publish_folder`); when it raises, the folder is removed and ``path`` is untouched."""
+    path = recover_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{path.name}{_NEW_MARK}", dir=path.parent))
+    try:
+        yield built
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(built, 0o777 & ~umask)  # mkdtemp makes 0700
+        publish_folder(built, path)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)

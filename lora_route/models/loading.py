@@ -10,12 +10,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+from lora_route.common.files import publish_folder, recover_folder
 
 EMBEDDED_MODEL_NAME = "gemma3-270m"
 _CACHE_ENV = "LORA_ROUTE_CACHE"
@@ -72,14 +73,12 @@ def _convert_embedded(target: Path) -> None:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / _COMPLETE_MARKER).write_text(json.dumps({"source": gguf.name, "dtype": "bfloat16"}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        publish_folder(out, target)
 
 
 def ensure_embedded_model() -> Path:
     """Return the converted embedded-model folder, converting it first if it is missing or incomplete."""
-    target = embedded_model_dir()
+    target = recover_folder(embedded_model_dir())
     if (target / _COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from lora_route.common.files import building_folder, publish_folder, recover_folder, recover_folders
 
 _NAME_RE = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "state.json"
@@ -32,6 +35,29 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not belong to this run (the message says which)."""
+
+
+class _OptimizerMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    param_groups: list[dict[str, Any]]
+    scalars: dict[str, dict[str, Any]]
+
+
+class CheckpointState(BaseModel):
+    """The schema of ``state.json``: what :func:`load_checkpoint` reads, every field typed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format_version: int
+    step: Annotated[int, Field(ge=0)]
+    fingerprint: str
+    world_size: Annotated[int, Field(ge=1)]
+    parameters: dict[str, list[int]]
+    optimizer: _OptimizerMeta
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None
+    python_rng: Annotated[list[Any], Field(min_length=3, max_length=3)]
+    extra: dict[str, Any]
+    sha256: dict[str, str]
 
 
 def checkpoint_name(step: int) -> str:
@@ -43,6 +69,7 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    recover_folders(folder)
     found = [p for p in folder.iterdir() if p.is_dir() and _NAME_RE.match(p.name) and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
@@ -110,11 +137,10 @@ def save_checkpoint(folder: str | Path, step: int, *, model: nn.Module, optimize
     """
     folder = Path(folder)
     final = folder / checkpoint_name(step)
-    tmp = folder / f".tmp-{checkpoint_name(step)}"
+    tmp = building_folder(final, "checkpoint")
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        recover_folder(final)
         tmp.mkdir()
     if barrier is not None:
         barrier()
@@ -122,7 +148,12 @@ def save_checkpoint(folder: str | Path, step: int, *, model: nn.Module, optimize
     if barrier is not None:
         barrier()
     if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        trainable = trainable_state(model)
+        bad = [name for name, value in trainable.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            shutil.rmtree(tmp)
+            raise ValueError(f"refusing to save a checkpoint with non-finite parameters ({', '.join(bad[:3])})")
+        save_file(trainable, str(tmp / "trainable.safetensors"))
         opt_tensors, opt_meta = _split_optimizer_state(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         files = sorted(p.name for p in tmp.iterdir())
@@ -135,15 +166,21 @@ def save_checkpoint(folder: str | Path, step: int, *, model: nn.Module, optimize
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_folder(tmp, final)
         if keep is not None:
             for old in list_checkpoints(folder)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     if barrier is not None:
         barrier()
     return final
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of the checkpoint; CheckpointError when it is missing or not safetensors."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
 
 
 def read_checkpoint_state(path: str | Path) -> dict:
@@ -157,7 +194,13 @@ def read_checkpoint_state(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{state_file} is corrupt: {err}") from err
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{state_file}: unknown checkpoint format {state.get('format_version')!r}")
+        version = state.get("format_version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{state_file}: unknown checkpoint format {version!r}")
+    try:
+        CheckpointState.model_validate(state)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
+        raise CheckpointError(f"{state_file} is not a valid checkpoint state ({problems})") from None
     for name, digest in state["sha256"].items():
         file = path / name
         if not file.is_file():
@@ -191,13 +234,20 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         shapes = sorted(n for n in set(expected) & set(state["parameters"]) if expected[n] != state["parameters"][n])
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected "
                               f"{extra[:5]}, different shapes {shapes[:5]}")
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = _load_tensors(path / "trainable.safetensors")
+    bad = [name for name in params if name not in weights or tuple(weights[name].shape) != tuple(params[name].shape)
+           or not bool(torch.isfinite(weights[name]).all())]
+    if bad:
+        raise CheckpointError(f"{path / 'trainable.safetensors'}: missing, reshaped or non-finite {bad[:5]}")
+    if optimizer is not None:
+        opt_tensors = _load_tensors(path / "optimizer.safetensors")
+        try:
+            optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizer"]))
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path / 'optimizer.safetensors'} does not fit the optimizer: {err}") from None
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(weights[name].to(param.device, param.dtype))
-    if optimizer is not None:
-        opt_tensors = load_file(str(path / "optimizer.safetensors"))
-        optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizer"]))
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
@@ -205,7 +255,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     rng_file = path / f"rng-rank{rank}.safetensors"
     if not rng_file.is_file():
         raise CheckpointError(f"checkpoint {path} has no RNG state for rank {rank}")
-    rng = load_file(str(rng_file))
+    rng = _load_tensors(rng_file)
     torch.set_rng_state(rng["torch_cpu"])
     cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda_states and torch.cuda.is_available():

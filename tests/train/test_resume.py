@@ -70,7 +70,60 @@ def test_refuses_foreign_or_corrupt_checkpoints(tmp_path):
 def test_keep_limits_checkpoints_and_no_partial_folders(tmp_path):
     make_trainer(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2).train()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000003", "checkpoint-00000004"]
-    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
     assert state["step"] == 4 and set(state["sha256"]) == {"optimizer.safetensors", "rng-rank0.safetensors",
                                                            "trainable.safetensors"}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing_key", r"state.json is not a valid checkpoint state \(step: Field required\)"),
+    ("wrong_type", r"state.json is not a valid checkpoint state \(sha256: Input should be a valid dictionary\)"),
+    ("pickle_weights", "trainable.safetensors is not a readable safetensors file"),
+])
+def test_damaged_checkpoint_states_raise_checkpoint_errors(tmp_path, damage, message):
+    """A state.json without a key or with a wrong type used to raise KeyError / AttributeError, a pickle renamed to
+    .safetensors a SafetensorError."""
+    import hashlib
+    import pickle
+
+    make_trainer(tmp_path, max_steps=3).train()
+    checkpoint = latest_checkpoint(tmp_path)
+    state = json.loads((checkpoint / "state.json").read_text())
+    if damage == "missing_key":
+        del state["step"]
+    elif damage == "wrong_type":
+        state["sha256"] = ["trainable.safetensors"]
+    else:
+        (checkpoint / "trainable.safetensors").write_bytes(pickle.dumps({"weights": [1.0]}))
+        state["sha256"]["trainable.safetensors"] = hashlib.sha256(
+            (checkpoint / "trainable.safetensors").read_bytes()).hexdigest()
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=message):
+        make_trainer(tmp_path, max_steps=3).train(resume=True)
+
+
+def test_an_interrupted_checkpoint_replacement_is_recovered(tmp_path, monkeypatch):
+    import os
+
+    import lora_route.common.files as files
+
+    make_trainer(tmp_path, max_steps=3).train()
+    checkpoint = latest_checkpoint(tmp_path)
+    before = (checkpoint / "state.json").read_text()
+    monkeypatch.setattr(files, "_exchange", lambda first, second: False)
+    real_rename, renames = os.rename, []
+
+    def crash_on_second_rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path, max_steps=3).train()        # rewrites checkpoint-00000003
+    monkeypatch.undo()
+    assert not checkpoint.exists()
+    assert latest_checkpoint(tmp_path) == checkpoint and (checkpoint / "state.json").read_text() == before
+    assert make_trainer(tmp_path, max_steps=3).train(resume=True).completed
