@@ -20,6 +20,7 @@ shared experts (:func:`lora_route.adapters.routing.shared_expert_map`) configura
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Sequence
@@ -97,10 +98,10 @@ class RoutedLoRAConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+        if not _is_number(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"alpha must be a finite positive number, got {self.alpha!r}")
         self.alpha = float(self.alpha)
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self._check_target_modules()
         self.layers = self._check_layer_list("layers", self.layers)
@@ -309,6 +310,10 @@ class RoutedLoRAConfig:
         if values.get("directions") is not None:
             values["directions"] = [tuple(pair) for pair in values["directions"]]
         return cls(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _direction_or_none(key: object) -> tuple[str, str] | None:

@@ -1,9 +1,10 @@
 """Training recipes as YAML/JSON: model, adapter, data, optimisation and a list of stages, validated with clear errors.
 
-A recipe file holds the sections ``model``, ``adapter`` (a :class:`lora_route.methods.RoutedLoRAConfig`), ``data``,
-``training`` and ``stages``. Every stage may override ``data`` and ``training`` fields; ``--set a.b=value`` edits
-any field (list items by index: ``stages.1.training.epochs=2``) before validation. Unknown keys, wrong types and
-out-of-range values raise :class:`ConfigError` naming the field.
+A recipe file holds the sections ``model``, ``adapter`` (a :class:`lora_route.adapters.config.RoutedLoRAConfig`),
+``data``, ``training`` and ``stages``. Every stage may override ``data`` and ``training`` fields; ``--set a.b=value``
+edits any field (list items by index: ``stages.1.training.epochs=2``) before validation. The sections are typed
+pydantic models: unknown keys, wrong types (a string or null where a number is expected, a string for a boolean),
+non-finite numbers and out-of-range values raise :class:`ConfigError` naming the field and what it expects.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import copy
 import hashlib
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lora_route.adapters.config import RoutedLoRAConfig
 from lora_route.data.prompts import check_template
@@ -27,134 +28,99 @@ BATCHING = ("mixed", "grouped")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STAGE_INIT = ("continue", "reinit")
 
-
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class ConfigError(ValueError):
     """A recipe field is missing, unknown, mistyped or out of range (the message names it)."""
 
 
-@dataclass
-class ModelSection:
+class _Section(BaseModel):
+    """A recipe section: strict types (no strings for numbers or booleans, no null where a value is needed), finite
+    numbers only, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True)
+
+
+class ModelSection(_Section):
     """name_or_path: ``embedded`` (packaged Gemma 3 270M), a hub name or a local HF folder. dtype of the frozen
     weights: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16."""
 
-    name_or_path: str = "embedded"
-    dtype: str = "auto"
-
-    def validate(self, where: str) -> None:
-        _require(isinstance(self.name_or_path, str) and self.name_or_path, f"{where}.name_or_path", "a non-empty string")
-        _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{where}.dtype")
+    name_or_path: Annotated[str, Field(min_length=1)] = "embedded"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-@dataclass
-class DataSection:
+class DataSection(_Section):
     """Where pairs come from and how they become token ids.
 
     source: gettext (system catalogs, ``locale_dirs``), flores_plus / opus100 (``path`` = hub name or local folder
-    in the hub layout), local (``train_files`` / ``dev_files``: jsonl/tsv/parquet/save_to_disk).
+    in the hub layout), local (``train_files`` / ``dev_files``: jsonl/tsv/csv/parquet/save_to_disk).
     languages: default = the adapter's languages. dev_per_direction: dev pairs per direction for the dev loss.
     """
 
-    source: str = "gettext"
-    languages: list[str] | None = None
+    source: Literal[DATA_SOURCES] = "gettext"
+    languages: Annotated[list[str], Field(min_length=2)] | None = None
     locale_dirs: list[str] | None = None
     path: str | None = None
-    train_files: list[str] = field(default_factory=list)
-    dev_files: list[str] = field(default_factory=list)
-    min_chars: int = 16
-    max_chars: int = 300
-    dev_fraction: float = 0.05
-    test_fraction: float = 0.05
-    dev_per_direction: int = 50
-    max_length: int = 256
+    train_files: list[str] = Field(default_factory=list)
+    dev_files: list[str] = Field(default_factory=list)
+    min_chars: NonNegativeInt = 16
+    max_chars: NonNegativeInt = 300
+    dev_fraction: Fraction = 0.05
+    test_fraction: Fraction = 0.05
+    dev_per_direction: NonNegativeInt = 50
+    max_length: Annotated[int, Field(ge=8)] = 256
     template: str | None = None
     chat_template: bool = False
-    on_overflow: str = "truncate"
-    padding_side: str = "right"
+    on_overflow: Literal["truncate", "drop"] = "truncate"
+    padding_side: Literal["right", "left"] = "right"
 
-    def validate(self, where: str) -> None:
-        _choice(self.source, DATA_SOURCES, f"{where}.source")
-        if self.languages is not None:
-            _require(isinstance(self.languages, list) and len(self.languages) >= 2, f"{where}.languages",
-                     "a list of at least two language codes")
-        for name in ("min_chars", "max_chars", "dev_per_direction", "max_length"):
-            _require(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{where}.{name}",
-                     "a non-negative integer")
-        _require(self.max_length >= 8, f"{where}.max_length", "at least 8 tokens")
-        _require(0 <= self.dev_fraction < 1 and 0 <= self.test_fraction < 1, f"{where}.dev_fraction/test_fraction",
-                 "fractions in [0, 1)")
-        _choice(self.on_overflow, ("truncate", "drop"), f"{where}.on_overflow")
-        _choice(self.padding_side, ("right", "left"), f"{where}.padding_side")
-        if self.source == "local":
-            _require(bool(self.train_files), f"{where}.train_files", "at least one file for source=local")
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSection:
+        if self.source == "local" and not self.train_files:
+            raise ValueError("train_files: source=local needs at least one file")
         if self.template is not None:
-            try:
-                check_template(self.template)
-            except ValueError as err:
-                raise ConfigError(f"{where}.template: {err}") from err
+            check_template(self.template)
+        return self
 
 
-@dataclass
-class TrainingSection:
+class TrainingSection(_Section):
     """Optimisation. ``epochs`` may be fractional; ``max_steps`` (optimizer steps) caps it when set. Batch size is
     per device and micro-batch: one optimizer step sees batch_size x grad_accum x world_size examples.
     ``rdrop_alpha`` > 0 turns on R-Drop (two dropout passes, loss = CE + alpha * symmetric KL). ``eval_every`` /
-    ``save_every`` are in optimizer steps (0: only at the end of the stage)."""
+    ``save_every`` are in optimizer steps (0: only at the end of the stage). A step whose loss or gradient is not
+    finite stops training with an error naming the step, unless ``skip_nonfinite_steps`` is true (then the step is
+    skipped and logged); fp16 steps that overflow are skipped by the gradient scaler either way."""
 
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.02
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    rdrop_alpha: float = 0.0
-    load_balancing_weight: float = 0.01
-    batching: str = "mixed"
-    precision: str = "auto"
-    log_every: int = 1
-    eval_every: int = 0
-    eval_max_batches: int | None = None
-    save_every: int = 0
-    keep_checkpoints: int = 2
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.02
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = Field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: Fraction = 0.03
+    scheduler: Literal[SCHEDULERS] = "cosine"
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    rdrop_alpha: Annotated[float, Field(ge=0)] = 0.0
+    load_balancing_weight: Annotated[float, Field(ge=0)] = 0.01
+    batching: Literal[BATCHING] = "mixed"
+    precision: Literal[PRECISIONS] = "auto"
+    log_every: PositiveInt = 1
+    eval_every: NonNegativeInt = 0
+    eval_max_batches: PositiveInt | None = None
+    save_every: NonNegativeInt = 0
+    keep_checkpoints: PositiveInt = 2
     deterministic: bool = True
-
-    def validate(self, where: str) -> None:
-        _require(isinstance(self.epochs, (int, float)) and self.epochs > 0, f"{where}.epochs", "a positive number")
-        if self.max_steps is not None:
-            _require(isinstance(self.max_steps, int) and self.max_steps > 0, f"{where}.max_steps", "a positive integer")
-        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
-            _require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{where}.{name}",
-                     "an integer >= 1")
-        for name in ("eval_every", "save_every"):
-            _require(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{where}.{name}",
-                     "an integer >= 0")
-        _require(isinstance(self.lr, (int, float)) and self.lr > 0, f"{where}.lr", "a positive number")
-        _require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, f"{where}.weight_decay",
-                 "a number >= 0")
-        _require(isinstance(self.betas, list) and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-                 f"{where}.betas", "two numbers in [0, 1)")
-        _require(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio", "a number in [0, 1)")
-        _require(0 <= self.min_lr_ratio <= 1, f"{where}.min_lr_ratio", "a number in [0, 1]")
-        _choice(self.scheduler, SCHEDULERS, f"{where}.scheduler")
-        _choice(self.batching, BATCHING, f"{where}.batching")
-        _choice(self.precision, PRECISIONS, f"{where}.precision")
-        if self.max_grad_norm is not None:
-            _require(self.max_grad_norm > 0, f"{where}.max_grad_norm", "a positive number or null")
-        _require(self.rdrop_alpha >= 0, f"{where}.rdrop_alpha", "a number >= 0")
-        _require(self.load_balancing_weight >= 0, f"{where}.load_balancing_weight", "a number >= 0")
-        if self.eval_max_batches is not None:
-            _require(self.eval_max_batches >= 1, f"{where}.eval_max_batches", "an integer >= 1 or null")
+    skip_nonfinite_steps: bool = False
 
 
-@dataclass
-class StageConfig:
+class StageConfig(_Section):
     """One training stage.
 
     directions: a named set (en_centric, x_to_en, en_to_x, non_english, all) or a list like ``[de-en, en-zh]``.
@@ -164,48 +130,40 @@ class StageConfig:
     (fresh adapters, as CrossLoRA's stage 2). data / training: overrides of the recipe-level sections.
     """
 
-    name: str
-    directions: str | list = "en_centric"
-    cap_per_direction: int | None = None
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    directions: Literal[DIRECTION_SETS] | Annotated[list[str], Field(min_length=1)] = "en_centric"
+    cap_per_direction: PositiveInt | None = None
     replay_from: str | None = None
-    replay_fraction: float = 0.0
-    extra_files: list[str] = field(default_factory=list)
-    init: str = "continue"
-    data: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-
-    def validate(self, where: str, earlier: list[str]) -> None:
-        _require(isinstance(self.name, str) and self.name.replace("_", "").replace("-", "").isalnum(),
-                 f"{where}.name", "a name of letters, digits, '-' or '_'")
-        if isinstance(self.directions, str):
-            _choice(self.directions, DIRECTION_SETS, f"{where}.directions")
-        else:
-            _require(isinstance(self.directions, list) and self.directions, f"{where}.directions",
-                     f"one of {DIRECTION_SETS} or a non-empty list of directions such as 'de-en'")
-        if self.cap_per_direction is not None:
-            _require(isinstance(self.cap_per_direction, int) and self.cap_per_direction >= 1,
-                     f"{where}.cap_per_direction", "a positive integer or null")
-        _require(0 <= self.replay_fraction <= 1, f"{where}.replay_fraction", "a number in [0, 1]")
-        if self.replay_fraction > 0:
-            _require(self.replay_from in earlier, f"{where}.replay_from", f"the name of an earlier stage {earlier}")
-        _require(isinstance(self.extra_files, list), f"{where}.extra_files", "a list of files")
-        _choice(self.init, STAGE_INIT, f"{where}.init")
-        _require(isinstance(self.data, dict) and isinstance(self.training, dict), f"{where}.data/training",
-                 "mappings of overrides")
+    replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    extra_files: list[str] = Field(default_factory=list)
+    init: Literal[STAGE_INIT] = "continue"
+    data: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class RecipeConfig:
+class RecipeConfig(_Section):
     """A whole training run: shared sections + the stages, run in order into ``output_dir/<stage name>``."""
 
-    name: str
-    output_dir: str
-    adapter: dict
-    stages: list[StageConfig]
-    seed: int = 0
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
+    name: Annotated[str, Field(min_length=1)]
+    output_dir: Annotated[str, Field(min_length=1)]
+    adapter: dict[str, Any]
+    stages: Annotated[list[StageConfig], Field(min_length=1)]
+    seed: NonNegativeInt = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> RecipeConfig:
+        names: list[str] = []
+        for index, stage in enumerate(self.stages):
+            if stage.name in names:
+                raise ValueError(f"stages.{index}.name: {stage.name!r} is used twice")
+            if stage.replay_fraction > 0 and stage.replay_from not in names:
+                raise ValueError(f"stages.{index}.replay_from: expected the name of an earlier stage {names}, "
+                                 f"got {stage.replay_from!r}")
+            names.append(stage.name)
+        return self
 
     def adapter_config(self) -> RoutedLoRAConfig:
         try:
@@ -214,16 +172,14 @@ class RecipeConfig:
             raise ConfigError(f"adapter: {err}") from err
 
     def stage_data(self, stage: StageConfig) -> DataSection:
-        merged = _build(DataSection, {**asdict(self.data), **stage.data}, f"stages[{stage.name}].data")
+        merged = _validated(DataSection, {**self.data.model_dump(), **stage.data}, f"stages[{stage.name}].data")
         if merged.languages is None:
             merged.languages = list(self.adapter_config().languages)
-        merged.validate(f"stages[{stage.name}].data")
         return merged
 
     def stage_training(self, stage: StageConfig) -> TrainingSection:
-        merged = _build(TrainingSection, {**asdict(self.training), **stage.training}, f"stages[{stage.name}].training")
-        merged.validate(f"stages[{stage.name}].training")
-        return merged
+        return _validated(TrainingSection, {**self.training.model_dump(), **stage.training},
+                          f"stages[{stage.name}].training")
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -232,50 +188,46 @@ class RecipeConfig:
         raise ConfigError(f"no stage named {name!r}; stages: {[s.name for s in self.stages]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        return self.model_dump(mode="json")
 
     def fingerprint(self, stage: StageConfig) -> str:
         """Hash of everything that decides a stage's trajectory (not logging/eval/save cadence)."""
-        training = asdict(self.stage_training(stage))
+        training = self.stage_training(stage).model_dump(mode="json")
         for name in ("log_every", "eval_every", "eval_max_batches", "save_every", "keep_checkpoints"):
             training.pop(name)
-        blob = {"adapter": self.adapter, "model": asdict(self.model), "seed": self.seed,
-                "data": asdict(self.stage_data(stage)), "training": training,
-                "stage": {k: v for k, v in asdict(stage).items() if k not in ("data", "training")},
+        blob = {"adapter": self.adapter, "model": self.model.model_dump(mode="json"), "seed": self.seed,
+                "data": self.stage_data(stage).model_dump(mode="json"), "training": training,
+                "stage": stage.model_dump(mode="json", exclude={"data", "training"}),
                 "stages_before": [s.name for s in self.stages[: self.stages.index(stage)]]}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _require(ok: bool, name: str, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: expected {expected}")
+def _describe(error: dict, where: str, model: type[BaseModel]) -> str:
+    """One line for one pydantic error: the field's dotted path, what was expected, what was given."""
+    location = ".".join(str(part) for part in error["loc"])
+    field = f"{where}.{location}" if where and location else (where or location)
+    if error["type"] == "extra_forbidden":
+        section = model
+        for part in error["loc"][:-1]:
+            annotation = section.model_fields.get(str(part))
+            inner = getattr(annotation, "annotation", None) if annotation else None
+            section = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else section
+        return f"{field}: unknown key; allowed: {sorted(section.model_fields)}"
+    if error["type"] == "missing":
+        return f"{field}: missing key"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{field}: {message} (got {error['input']!r})" if "input" in error and error["type"] != "value_error" \
+        else f"{field}: {message}"
 
 
-def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}: {value!r} is not one of {allowed}")
-
-
-def _reject_unknown_keys(cls, raw: dict, where: str) -> None:
-    """Raise ConfigError naming the keys of ``raw`` that are not fields of the dataclass ``cls``."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-
-
-def _build(cls, raw: Any, where: str):
+def _validated(model: type[_Section], raw: Any, where: str):
+    """``model.model_validate(raw)``, with every error as one ConfigError line naming the field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    _reject_unknown_keys(cls, raw, where)
-    required = [f.name for f in fields(cls)
-                if f.name not in raw and f.default is MISSING and f.default_factory is MISSING]
-    if required:
-        raise ConfigError(f"{where}: missing key(s) {required}")
     try:
-        return cls(**raw)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_describe(e, where, model) for e in err.errors(include_url=False))) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -288,16 +240,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         keys = path.strip().split(".")
         if not all(keys):
             raise ConfigError(f"--set {item!r}: empty key in {path!r}")
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
         node = raw
         for depth, key in enumerate(keys[:-1]):
             node = _child(node, key, ".".join(keys[: depth + 1]), create=True)
         last = keys[-1]
         if isinstance(node, list):
-            index = _index(node, last, path)
-            node[index] = value
-        else:
+            node[_index(node, last, path)] = value
+        elif isinstance(node, dict):
             node[last] = value
+        else:
+            raise ConfigError(f"--set {path}: cannot descend into a {type(node).__name__}")
     return raw
 
 
@@ -331,35 +287,13 @@ def _numbers(value: Any) -> Any:
 
 
 def parse_recipe(raw: dict, source: str = "<recipe>") -> RecipeConfig:
-    """Validate a raw mapping into a :class:`RecipeConfig` (raises ConfigError naming the bad field)."""
-    raw = _numbers(raw)
+    """Validate a raw mapping into a :class:`RecipeConfig` (raises ConfigError naming the bad field); the adapter
+    section and every stage's merged data / training sections are validated too, before any model loads."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe is a mapping, got {type(raw).__name__}")
-    _reject_unknown_keys(RecipeConfig, raw, source)
-    for key in ("name", "output_dir", "adapter", "stages"):
-        if key not in raw:
-            raise ConfigError(f"{source}: missing key {key!r}")
-    if not isinstance(raw["stages"], list) or not raw["stages"]:
-        raise ConfigError(f"{source}: stages must be a non-empty list")
-    if not isinstance(raw["adapter"], dict):
-        raise ConfigError(f"{source}: adapter must be a mapping of RoutedLoRAConfig fields")
-    _require(isinstance(raw.get("seed", 0), int), "seed", "an integer")
-    stages = []
-    for i, stage_raw in enumerate(raw["stages"]):
-        stage = _build(StageConfig, stage_raw, f"stages[{i}]")
-        stage.validate(f"stages[{i}]", [s.name for s in stages])
-        if stage.name in {s.name for s in stages}:
-            raise ConfigError(f"stages[{i}].name: {stage.name!r} is used twice")
-        stages.append(stage)
-    recipe = RecipeConfig(
-        name=raw["name"], output_dir=raw["output_dir"], adapter=raw["adapter"], stages=stages,
-        seed=raw.get("seed", 0), model=_build(ModelSection, raw.get("model", {}), "model"),
-        data=_build(DataSection, raw.get("data", {}), "data"),
-        training=_build(TrainingSection, raw.get("training", {}), "training"),
-    )
-    recipe.model.validate("model")
+    recipe = _validated(RecipeConfig, _numbers(raw), "")
     recipe.adapter_config()
-    for stage in stages:
+    for stage in recipe.stages:
         recipe.stage_data(stage)
         recipe.stage_training(stage)
     return recipe

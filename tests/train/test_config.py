@@ -45,7 +45,7 @@ def test_overrides_and_stage_merging():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (["training.lrr=1"], r"training: unknown key\(s\) \['lrr'\]"),
+    (["training.lrr=1"], r"training.lrr: unknown key; allowed: \['batch_size'"),
     (["training.scheduler=cyclic"], "training.scheduler"),
     (["training.batch_size=0"], "batch_size"),
     (["stages.1.replay_from=stage9"], "replay_from"),
@@ -64,10 +64,32 @@ def test_invalid_recipes_name_the_field(edit, message):
         parse_recipe(apply_overrides(minimal(), edit))
 
 
+@pytest.mark.parametrize("edit, message", [
+    (["training.lr=fast"], r"training.lr: Input should be a valid number \(got 'fast'\)"),
+    (["training.lr=null"], r"training.lr: Input should be a valid number \(got None\)"),
+    (["training.lr=.inf"], r"training.lr: Input should be a finite number \(got inf\)"),
+    (["adapter.alpha=.nan"], "adapter: alpha must be a finite positive number"),
+    (["adapter.dropout=.nan"], "adapter: dropout"),
+    (["training.epochs=.inf"], r"training.epochs: Input should be a finite number"),
+    (["stages.1.training.epochs=.inf"], r"stages\[stage2\].training.epochs: Input should be a finite number"),
+    (["training.deterministic=yes please"], r"training.deterministic: Input should be a valid boolean"),
+    (["data.chat_template=1"], r"data.chat_template: Input should be a valid boolean \(got 1\)"),
+    (["output_dir=null"], r"output_dir: Input should be a valid string \(got None\)"),
+    (["training.batch_size=true"], r"training.batch_size: Input should be a valid integer \(got True\)"),
+    (["name.first=1"], r"--set name.first: cannot descend into a str"),
+    (["training.lr=0.001", "training.lr.value=1"], r"--set training.lr.value: cannot descend into a float"),
+    (["training.lr=[unclosed"], r"--set 'training.lr=\[unclosed': the value is not valid YAML"),
+])
+def test_mistyped_and_non_finite_fields_are_refused_before_any_model_loads(edit, message):
+    """Each of these used to pass validation (and train to NaN, or fail later with a TypeError deep inside)."""
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(apply_overrides(minimal(), edit))
+
+
 def test_missing_keys_and_files(tmp_path):
     raw = minimal()
     del raw["stages"]
-    with pytest.raises(ConfigError, match="missing key 'stages'"):
+    with pytest.raises(ConfigError, match="stages: missing key"):
         parse_recipe(raw)
     with pytest.raises(FileNotFoundError):
         load_recipe(tmp_path / "none.yaml")
