@@ -260,7 +260,7 @@ def merge_deltas(
 @dataclass
 class MergedAdapters:
     """A merged DAT adapter set: the new ``config`` (method dat, fewer adapters), per routed module the factors
-    ``{adapter name: (A (r, d_in), B (d_out, r))}`` to load with :func:`lora_route.patch.init_from`, and a
+    ``{adapter name: (A (r, d_in), B (d_out, r))}`` to load with :func:`lora_route.adapters.patch.init_from`, and a
     JSON-safe ``report`` (groups, members, mean relative SVD truncation error per merged adapter)."""
 
     config: RoutedLoRAConfig

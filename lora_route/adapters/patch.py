@@ -1,7 +1,7 @@
 """Patch a model in place with routed LoRA layers and route its sequences by language.
 
 ``apply_routed_lora(model, config)`` wraps every targeted ``nn.Linear`` (default ``gate_proj``, ``up_proj``,
-``down_proj``; any name list or regex) in a :class:`~lora_route.layers.RoutedLoRALinear`, freezes every other
+``down_proj``; any name list or regex) in a :class:`~lora_route.adapters.layer.RoutedLoRALinear`, freezes every other
 parameter and attaches one :class:`RoutingState` shared by all of them. ``with route(model, src, tgt):`` sets the
 (src, tgt) pair of every sequence for the forwards / ``generate`` calls inside it.
 

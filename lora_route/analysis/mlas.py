@@ -1,6 +1,6 @@
 """MLAS-LoRA initialisation (MLAS-LoRA paper): teacher layer relevance → layer map → neuron awareness → λ split →
 sub-matrix extraction → SVD factors, written into a student patched with ``method="mlas"`` (or, for the ablations,
-``"lora"`` / ``"molora_static"``) through :func:`lora_route.patch.init_from`.
+``"lora"`` / ``"molora_static"``) through :func:`lora_route.adapters.patch.init_from`.
 
 Pipeline and the choices it makes (see also the docstrings of the step modules):
 

@@ -61,7 +61,7 @@ class NaiveLoopLoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus ``num_adapters`` LoRAs applied by :func:`naive_loop_linear`.
 
     lora_A: (num_adapters, r, d_in), Kaiming-uniform; lora_B: (num_adapters, d_out, r), zeros (standard LoRA init);
-    scaling = alpha / r. Like :class:`lora_route.layers.RoutedLoRALinear`, adapter weights are float32 masters
+    scaling = alpha / r. Like :class:`lora_route.adapters.layer.RoutedLoRALinear`, adapter weights are float32 masters
     cast to the input dtype in forward.
     """
 

@@ -103,7 +103,7 @@ def add_training_ratios(training_results: list[dict]) -> None:
 def fastest_backends(layer_results: list[dict]) -> list[dict]:
     """Per shape, workload and popularity: the fastest lora_route backend that ran and every backend's median —
     the measurement behind ``backend="auto"``, labelled with the shape class that the dispatcher gives a call of
-    that many rows (:func:`lora_route.ops.shape_class`)."""
+    that many rows (:func:`lora_route.kernels.plan.shape_class`)."""
     groups: dict[tuple, dict[str, float]] = {}
     for row in layer_results:
         if row["status"] == "ok" and row["provider"].startswith("lora_route_"):
@@ -117,7 +117,7 @@ def fastest_backends(layer_results: list[dict]) -> list[dict]:
 def auto_preference(fastest: list[dict]) -> dict[str, dict]:
     """Per shape class: the backends ordered by the geometric mean, over that class's rows of
     :func:`fastest_backends` where they ran, of their median over the row's fastest median (1.0 = always fastest).
-    ``order`` without ``torch`` is what ``lora_route.ops.AUTO_PREFERENCE`` takes for that class."""
+    ``order`` without ``torch`` is what ``lora_route.kernels.dispatch.AUTO_PREFERENCE`` takes for that class."""
     preference = {}
     for name in SHAPE_CLASSES:
         slowdowns: dict[str, list[float]] = {}

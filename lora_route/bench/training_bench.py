@@ -7,7 +7,7 @@ A step is forward + causal-LM loss + backward + AdamW update of the adapter para
   recorded as the skip reason;
 - ``naive_loop``: 30 LoRAs applied by a per-direction loop (:mod:`.naive`);
 - ``lora_route_<method>`` for ``lora`` (single LoRA), ``molora_static`` (one LoRA per direction) and ``crosslora``
-  (source-language A, target-language B): :func:`lora_route.patch.apply_routed_lora` + ``route(model, src, tgt)``,
+  (source-language A, target-language B): :func:`lora_route.adapters.patch.apply_routed_lora` + ``route(model, src, tgt)``,
   once per backend in ``backends`` (selected through ``LORA_ROUTE_BACKEND``).
 Every adapter targets ``gate_proj``/``up_proj``/``down_proj`` with rank ``spec.rank``, alpha = 2 r, dropout 0.
 

@@ -166,7 +166,7 @@ def decode_pairs(model, tokenizer, pairs: Sequence[Any], *, num_beams: int = 1, 
 
     Batches are length-sorted over all directions; a batch may generate ``ceil(ratio · longest source in
     tokens) + extra`` new tokens. Returns outputs in the order of ``pairs``. ``translate_fn`` defaults to
-    ``lora_route.generation.translate``.
+    ``lora_route.eval.generation.translate``.
     """
     if num_beams < 1 or not isinstance(num_beams, int):
         raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")

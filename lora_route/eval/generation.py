@@ -1,7 +1,7 @@
 """Mixed-direction translation: one ``generate`` call per batch, whatever directions the batch mixes.
 
 Each batch is prompted with the papers' template, left-padded (so every prompt ends in the same column and the new
-tokens start right after it), routed with :func:`lora_route.patch.route` (each beam / returned sequence inherits its
+tokens start right after it), routed with :func:`lora_route.adapters.patch.route` (each beam / returned sequence inherits its
 sentence's route) and decoded greedily or with beam search until EOS or ``max_new_tokens``. The prompt is cut off
 by position, special tokens are skipped, and — since the template puts the source on its own line and a translation
 is one line — the output is the first non-empty line of the continuation (``first_line=False`` keeps it all).

@@ -206,7 +206,7 @@ class DemoRunner:
     """Runs the demo steps in order; every step's result lands in ``out_dir`` as it finishes.
 
     model_factory: () -> (fresh unpatched model, tokenizer) on the training device; default loads
-    ``model_name`` with :func:`lora_route.models.load_model`. data: overrides of the recipes' data section
+    ``model_name`` with :func:`lora_route.models.loading.load_model`. data: overrides of the recipes' data section
     (e.g. ``{"source": "local", "train_files": [...]}`` in tests). test_pairs: default :func:`multiway_test_set`.
     """
 

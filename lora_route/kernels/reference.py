@@ -7,7 +7,7 @@ an optional core ``U`` (n_u, r, r), every row ``t`` of ``x`` (T × d_in) gets::
 
 A row whose ``a_idx`` is -1 carries no adapter (its ``b_idx`` and ``u_idx`` are -1 too) and keeps the base output.
 Every backend is tested against :func:`routed_lora_delta` evaluated in float64; the torch backend of
-:mod:`lora_route.ops` runs :func:`segment_forward` / :func:`segment_backward`, which compute the same thing one
+:mod:`lora_route.kernels.op` runs :func:`segment_forward` / :func:`segment_backward`, which compute the same thing one
 segment (rows sharing an ``(a, u, b)`` route) at a time.
 """
 from __future__ import annotations

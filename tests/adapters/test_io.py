@@ -7,8 +7,14 @@ from safetensors.torch import save_file
 from tiny_models import randomize_adapters, tiny_causal_lm
 
 from lora_route.adapters.config import RoutedLoRAConfig
-from lora_route.adapters.io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, adapter_state_dict, load_adapters,
-                                   save_adapters)
+from lora_route.adapters.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    adapter_state_dict,
+    load_adapters,
+    save_adapters,
+)
 from lora_route.adapters.merging import merge_direction, unmerge_direction
 from lora_route.adapters.patch import apply_routed_lora, route, routed_modules
 
