@@ -1,13 +1,18 @@
-"""Parallel text through ``datasets``: Flores+ (multi-way), OPUS-100 (English-centric) and local files.
+"""Parallel text: Flores+ (multi-way), OPUS-100 (English-centric) and local files.
 
 Hub names load with ``datasets.load_dataset`` (needs the hub); a local folder in the hub's file layout, or a single
-jsonl / tsv / csv / parquet file, or a ``save_to_disk`` folder loads offline with the same schema.
+jsonl / json / tsv / csv / parquet file, or a ``save_to_disk`` folder loads offline with the same schema. JSON-lines,
+JSON, TSV and CSV files are read with the standard library, so a malformed line is reported with its file and line
+number; parquet files need ``pyarrow``, ``save_to_disk`` folders and hub names ``datasets``.
 """
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from lora_route.common.files import read_jsonl
 from lora_route.common.languages import check_language, parse_direction
 from lora_route.data.corpus import TranslationPair, check_split
 
@@ -19,18 +24,57 @@ FLORES_CODES = {
 }
 _FLORES_SPLITS = {"train": "dev", "dev": "dev", "test": "devtest", "devtest": "devtest"}
 _OPUS_SPLITS = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
-_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".tsv": "csv", ".csv": "csv", ".parquet": "parquet"}
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".tsv", ".csv", ".parquet")
 
 
-def _load_file(path: Path):
-    """One local data file as a ``datasets.Dataset`` (json lines, tsv/csv with a header row, or parquet)."""
-    from datasets import load_dataset
+def _load_file(path: Path) -> list[dict]:
+    """The rows of one local data file: JSON lines, a JSON array of objects, TSV / CSV with a header row, or parquet.
+    ValueError naming the file (and line) for a malformed or empty file."""
+    suffix = path.suffix.lower()
+    if suffix not in _LOCAL_SUFFIXES:
+        raise ValueError(f"unsupported data file {path}; expected one of {list(_LOCAL_SUFFIXES)}")
+    if suffix == ".jsonl":
+        rows = read_jsonl(path)
+    elif suffix == ".json":
+        rows = _json_rows(path)
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from err
+        rows = pyarrow.parquet.read_table(str(path)).to_pylist()
+    else:
+        rows = _delimited_rows(path, "\t" if suffix == ".tsv" else ",")
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    return rows
 
-    builder = _LOCAL_SUFFIXES.get(path.suffix.lower())
-    if builder is None:
-        raise ValueError(f"unsupported data file {path}; expected one of {sorted(_LOCAL_SUFFIXES)}")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    return load_dataset(builder, data_files=str(path), split="train", **kwargs)
+
+def _json_rows(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); JSON-lines files end in .jsonl") from None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise ValueError(f"{path} must hold a JSON array of objects (or use JSON lines in a .jsonl file)")
+    return data
+
+
+def _delimited_rows(path: Path, delimiter: str) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
+                                 f"({', '.join(reader.fieldnames)}), got another number")
+            rows.append(row)
+    return rows
+
+
+def _columns(table) -> set[str]:
+    """Column names of a ``datasets.Dataset`` or of a list of row dicts."""
+    return set(table.column_names) if hasattr(table, "column_names") else set().union(*(row.keys() for row in table))
 
 
 def _local_split_file(root: Path, names: Sequence[str]) -> Path:
@@ -53,9 +97,10 @@ def _flores_rows(source: str, code: str, split: str) -> dict[str, str]:
         from datasets import load_dataset
 
         table = load_dataset(source, code, split=split)
-    column = "text" if "text" in table.column_names else "sentence"
-    if column not in table.column_names or "id" not in table.column_names:
-        raise ValueError(f"Flores data for {code}/{split} needs columns 'id' and 'text', has {table.column_names}")
+    columns = _columns(table)
+    column = "text" if "text" in columns else "sentence"
+    if column not in columns or "id" not in columns:
+        raise ValueError(f"Flores data for {code}/{split} needs columns 'id' and 'text', has {sorted(columns)}")
     return {str(row["id"]): row[column] for row in table}
 
 
@@ -106,9 +151,9 @@ def load_opus100(pairs_of: Sequence[str], split: str, *, source: str = "Helsinki
             from datasets import load_dataset
 
             table = load_dataset(source, config, split=_OPUS_SPLITS[split])
-        if "translation" not in table.column_names:
-            raise ValueError(f"OPUS-100 data for {config} needs a 'translation' column, has {table.column_names}")
-        rows = table if limit is None else table.select(range(min(limit, len(table))))
+        if "translation" not in _columns(table):
+            raise ValueError(f"OPUS-100 data for {config} needs a 'translation' column, has {sorted(_columns(table))}")
+        rows = table if limit is None else [table[i] for i in range(min(limit, len(table)))]
         for i, row in enumerate(rows):
             record = row["translation"]
             if not record.get(a, "").strip() or not record.get(b, "").strip():
@@ -144,27 +189,32 @@ def load_local_pairs(path: str | Path, *, src_lang: str | None = None, tgt_lang:
             table = table[name]
     else:
         table = _load_file(path)
-    columns = set(table.column_names)
-    origin_default = path.name
-    pairs = []
+    columns = _columns(table)
     if {"src_lang", "tgt_lang", "src", "tgt"} <= columns:
-        for i, row in enumerate(table):
-            pairs.append(TranslationPair(row["src_lang"], row["tgt_lang"], row["src"], row["tgt"],
-                                         row.get("origin") or f"{origin_default}:{i}"))
-        return pairs
-    if src_lang is None or tgt_lang is None:
-        raise ValueError(f"{path} has columns {sorted(columns)}; without src_lang/tgt_lang columns pass "
-                         "src_lang= and tgt_lang=")
-    check_language(src_lang)
-    check_language(tgt_lang)
-    if {"src", "tgt"} <= columns:
-        for i, row in enumerate(table):
-            pairs.append(TranslationPair(src_lang, tgt_lang, row["src"], row["tgt"], f"{origin_default}:{i}"))
-    elif "translation" in columns:
-        for i, row in enumerate(table):
-            pairs.append(TranslationPair(src_lang, tgt_lang, row["translation"][src_lang],
-                                         row["translation"][tgt_lang], f"{origin_default}:{i}"))
+        def pair(row, i):
+            return TranslationPair(row["src_lang"], row["tgt_lang"], row["src"], row["tgt"],
+                                   row.get("origin") or f"{path.name}:{i}")
     else:
-        raise ValueError(f"{path} needs columns src/tgt, src_lang/tgt_lang/src/tgt or translation; "
-                         f"has {sorted(columns)}")
+        if src_lang is None or tgt_lang is None:
+            raise ValueError(f"{path} has columns {sorted(columns)}; without src_lang/tgt_lang columns pass "
+                             "src_lang= and tgt_lang=")
+        check_language(src_lang)
+        check_language(tgt_lang)
+        if {"src", "tgt"} <= columns:
+            def pair(row, i):
+                return TranslationPair(src_lang, tgt_lang, row["src"], row["tgt"], f"{path.name}:{i}")
+        elif "translation" in columns:
+            def pair(row, i):
+                return TranslationPair(src_lang, tgt_lang, row["translation"][src_lang],
+                                       row["translation"][tgt_lang], f"{path.name}:{i}")
+        else:
+            raise ValueError(f"{path} needs columns src/tgt, src_lang/tgt_lang/src/tgt or translation; "
+                             f"has {sorted(columns)}")
+    pairs = []
+    for i, row in enumerate(table, 1):
+        try:
+            pairs.append(pair(row, i))
+        except (KeyError, TypeError, ValueError) as err:
+            detail = f"lacks {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"{path}: row {i}: {detail}") from None
     return pairs

@@ -126,6 +126,8 @@ class LanguageIdentifier:
         """Language code of one text, or ``EMPTY`` / ``NO_LANGUAGE``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
+        # Lone surrogates (undecodable bytes of a generated text) cannot be passed to the models: replace them.
+        text = text.encode("utf-8", "replace").decode("utf-8")
         if not text.strip():
             return EMPTY
         content = strip_non_linguistic(text)

@@ -7,16 +7,30 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lora_route.common.files import read_jsonl, write_jsonl
+from lora_route.common.languages import LANGUAGE_NAMES
+from lora_route.eval.langid import normalize_language_code
 
 
 @dataclass(frozen=True)
 class TranslationOutput:
-    """One decoded test example: the reference ``ref`` and the system output ``hyp`` for ``src``."""
+    """One decoded test example: the reference ``ref`` and the system output ``hyp`` for ``src``. Both languages must
+    be ones lora_route knows (a code such as ``de``, ``zh_CN`` or ``deu_Latn``): an unknown target language would
+    otherwise be scored as 100 % off-target."""
     src_lang: str
     tgt_lang: str
     src: str
     ref: str
     hyp: str
+
+    def __post_init__(self) -> None:
+        for name in ("src_lang", "tgt_lang", "src", "ref", "hyp"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        for name in ("src_lang", "tgt_lang"):
+            code = getattr(self, name)
+            if normalize_language_code(code) not in LANGUAGE_NAMES:
+                raise ValueError(f"{name} {code!r} is not a language lora_route knows "
+                                 f"(known: {', '.join(sorted(LANGUAGE_NAMES))})")
 
 
 def _field(pair: Any, name: str) -> Any:
@@ -43,5 +57,10 @@ def load_outputs(path: str | os.PathLike) -> list[TranslationOutput]:
         missing = [k for k in ("src_lang", "tgt_lang", "src", "ref", "hyp") if not isinstance(record.get(k), str)]
         if missing:
             raise ValueError(f"{path}: record {number} lacks string field(s) {missing}")
-        outputs.append(TranslationOutput(**{k: record[k] for k in ("src_lang", "tgt_lang", "src", "ref", "hyp")}))
+        try:
+            outputs.append(TranslationOutput(**{k: record[k] for k in ("src_lang", "tgt_lang", "src", "ref", "hyp")}))
+        except ValueError as err:
+            raise ValueError(f"{path}: record {number}: {err}") from None
+    if not outputs:
+        raise ValueError(f"{path} holds no outputs")
     return outputs

@@ -76,3 +76,29 @@ def test_local_jsonl_tsv_parquet_and_disk(tmp_path):
     (tmp_path / "x.txt").write_text("a")
     with pytest.raises(ValueError, match="unsupported"):
         load_local_pairs(tmp_path / "x.txt")
+
+
+def test_local_files_report_the_file_and_line_of_a_bad_row(tmp_path):
+    """A malformed JSONL line or an empty file used to surface as a datasets / pyarrow error without a line."""
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"src_lang": "en", "tgt_lang": "de", "src": "Hello", "tgt": "Hallo"}\n{"src_lang": "en", oops\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not valid JSON"):
+        load_local_pairs(jsonl)
+    jsonl.write_text('{"src_lang": "en", "tgt_lang": "de", "src": "Hello", "tgt": "Hallo"}\n'
+                     '{"src_lang": "en", "tgt_lang": "de", "src": "Bye"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl: row 2: lacks 'tgt'"):
+        load_local_pairs(jsonl)
+    jsonl.write_text('{"src_lang": "en", "tgt_lang": "xx-!", "src": "Hello", "tgt": "Hallo"}\n')
+    with pytest.raises(ValueError, match=r"row 1: tgt_lang 'xx-!' is not a language code"):
+        load_local_pairs(jsonl)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl holds no rows"):
+        load_local_pairs(empty)
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("src\ttgt\nHello\tHallo\nBye\tTschüss\textra\n")
+    with pytest.raises(ValueError, match=r"pairs.tsv:3: expected 2 fields"):
+        load_local_pairs(tsv, src_lang="en", tgt_lang="de")
+    tsv.write_text("src\ttgt\nHello\tHallo\n")
+    assert load_local_pairs(tsv, src_lang="en", tgt_lang="de") == [TranslationPair("en", "de", "Hello", "Hallo",
+                                                                                   "pairs.tsv:1")]

@@ -254,3 +254,19 @@ def test_load_test_pairs_local_and_errors(tmp_path):
         load_test_pairs("wmt", ["en", "de"])
     with pytest.raises(ValueError, match="needs --test-path"):
         load_test_pairs("local", ["en", "de"])
+
+
+def test_unknown_language_codes_in_outputs_are_refused(tmp_path):
+    """An outputs file with an unknown target code used to be scored as 100 % off-target."""
+    import json
+
+    record = {"src_lang": "en", "tgt_lang": "xx", "src": "Hello", "ref": "Hallo", "hyp": "Hallo"}
+    (tmp_path / "o.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=r"o.jsonl: record 1: tgt_lang 'xx' is not a language lora_route knows"):
+        load_outputs(tmp_path / "o.jsonl")
+    with pytest.raises(ValueError, match="src_lang 'qq'"):
+        TranslationOutput("qq", "de", "a", "b", "c")
+    assert TranslationOutput("zh_CN", "deu_Latn", "a", "b", "c").tgt_lang == "deu_Latn"
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds no outputs"):
+        load_outputs(tmp_path / "empty.jsonl")
