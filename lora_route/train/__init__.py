@@ -9,10 +9,11 @@ from lora_route.train.config import ConfigError, RecipeConfig, StageConfig, Trai
 from lora_route.train.distributed import DistContext, setup_distributed
 from lora_route.train.objective import TargetLogits, token_loss_sums
 from lora_route.train.recipe import run_recipe
-from lora_route.train.trainer import Trainer, TrainResult, epoch_micro_batches, lr_lambda
+from lora_route.train.trainer import NonFiniteTrainingError, Trainer, TrainResult, epoch_micro_batches, lr_lambda
 
 __all__ = [
     "CheckpointError", "ConfigError", "DistContext", "RecipeConfig", "StageConfig", "TargetLogits", "Trainer",
     "TrainResult", "TrainingSection", "epoch_micro_batches", "latest_checkpoint", "load_checkpoint", "load_recipe",
     "lr_lambda", "parse_recipe", "run_recipe", "save_checkpoint", "setup_distributed", "token_loss_sums",
+    "NonFiniteTrainingError",
 ]

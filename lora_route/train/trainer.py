@@ -29,6 +29,12 @@ from lora_route.train.distributed import DistContext
 from lora_route.train.objective import TargetLogits, token_loss_sums
 
 LOG_FILE = "log.jsonl"
+# fp16 steps in a row the gradient scaler may skip (each halves the loss scale) before training stops.
+MAX_CONSECUTIVE_OVERFLOWS = 24
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A training step's loss or gradient is not finite (the message names the step)."""
 
 
 def epoch_micro_batches(examples: Sequence[EncodedPair], batch_size: int, world_size: int, seed: int, epoch: int,
@@ -150,6 +156,7 @@ class Trainer:
             self.network = DistributedDataParallel(
                 self.network, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
         self._plans: dict[int, list[list[list[int]]]] = {}
+        self._overflows = 0
 
     # ------------------------------------------------------------------------------------------ helpers
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -233,7 +240,31 @@ class Trainer:
                                                                    dtype=torch.float64)])
         self.ctx.all_reduce_sum(totals)
         self.model.train(was_training)
-        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+        if totals[1] == 0:
+            return None
+        loss = float(totals[0] / totals[1])
+        if not math.isfinite(loss):
+            raise NonFiniteTrainingError(f"the dev loss is {loss}: the adapters produce non-finite outputs")
+        return loss
+
+    def _skip_reason(self, step: int, loss: float, grad_norm: float) -> str | None:
+        """None for a finite step; ``"overflow"`` for an fp16 step the gradient scaler skips; ``"non-finite"`` for a
+        step skipped by ``skip_nonfinite_steps``. Raises :class:`NonFiniteTrainingError` otherwise."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self._overflows = 0
+            return None
+        if self.scaler.is_enabled():
+            self._overflows += 1
+            if self._overflows <= MAX_CONSECUTIVE_OVERFLOWS:
+                return "overflow"
+            raise NonFiniteTrainingError(
+                f"step {step + 1}: {self._overflows} fp16 steps in a row overflowed (loss {loss}, gradient norm "
+                f"{grad_norm}); lower training.lr or train with precision bf16 / fp32")
+        if self.settings.skip_nonfinite_steps:
+            return "non-finite"
+        raise NonFiniteTrainingError(
+            f"step {step + 1}: the loss is {loss} and the gradient norm {grad_norm}; nothing was saved for this step "
+            "(lower training.lr, or set training.skip_nonfinite_steps: true to skip such steps)")
 
     # ------------------------------------------------------------------------------------------ training
     def train(self, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
@@ -324,24 +355,30 @@ class Trainer:
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
                                                                     if p.grad is not None])))
+        ctx.all_reduce_sum(totals)  # every rank decides on the same loss and (already reduced) gradients
+        ce, kl = float(totals[0]) / target_tokens, float(totals[1]) / target_tokens
+        loss = ce + settings.rdrop_alpha * kl + settings.load_balancing_weight * float(totals[2])
+        skipped = self._skip_reason(step, loss, grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if skipped != "non-finite":
+            self.scaler.step(self.optimizer)  # with fp16, the scaler itself skips steps whose gradients overflowed
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        ctx.all_reduce_sum(totals)
         seconds = time.perf_counter() - started
-        ce, kl = float(totals[0]) / target_tokens, float(totals[1]) / target_tokens
+        finite = skipped is None
         record = {
             "step": step + 1, "epoch": round((step + 1) * settings.grad_accum / self.micro_per_epoch, 4),
-            "loss": ce + settings.rdrop_alpha * kl + settings.load_balancing_weight * float(totals[2]),
-            "ce": ce, "lr": lr, "grad_norm": grad_norm, "target_tokens": int(target_tokens),
+            "loss": loss if finite else None, "ce": ce if finite else None, "lr": lr,
+            "grad_norm": grad_norm if finite else None, "target_tokens": int(target_tokens),
             "tokens": int(counts[1]), "tokens_per_s": float(counts[1]) / seconds, "step_s": seconds,
         }
+        if skipped is not None:
+            record["skipped"] = skipped
         if rdrop:
-            record["kl"] = kl
+            record["kl"] = kl if finite else None
         if self.use_load_balancing:
-            record["load_balancing"] = float(totals[2])
+            record["load_balancing"] = float(totals[2]) if finite else None
         if ctx.device.type == "cuda":
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
         return record

@@ -94,3 +94,42 @@ def test_cpu_refuses_half_precision_and_empty_data(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         Trainer(model, [], [], TrainingSection(), pad_token_id=0, output_dir=tmp_path, seed=0, fingerprint="t",
                 ctx=setup_distributed("cpu"))
+
+
+def _nan_loss_on(step_numbers, monkeypatch):
+    """Make the loss of the given (1-based) optimizer steps NaN, as a diverging step would."""
+    import lora_route.train.trainer as trainer_module
+
+    real, calls = trainer_module.token_loss_sums, []
+
+    def sums(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) in step_numbers:
+            return type(result)(result.ce * float("nan"), result.kl, result.tokens)
+        return result
+
+    monkeypatch.setattr(trainer_module, "token_loss_sums", sums)
+
+
+def test_a_non_finite_step_stops_training_and_names_the_step(tmp_path, monkeypatch):
+    """A NaN loss used to train on, write NaN adapters and report success."""
+    from lora_route.train.trainer import NonFiniteTrainingError
+
+    trainer, _ = build(tmp_path, max_steps=4, eval_every=0)
+    before = [p.detach().clone() for p in trainer.params]
+    _nan_loss_on({1 + 2}, monkeypatch)        # the dev pass runs first, then steps 1, 2, 3
+    with pytest.raises(NonFiniteTrainingError, match="step 2: the loss is nan"):
+        trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.params)
+    assert not any(torch.equal(p, b) for p, b in zip(trainer.params, before))   # step 1 had trained
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_skip_nonfinite_steps_skips_and_logs_them(tmp_path, monkeypatch):
+    trainer, _ = build(tmp_path, max_steps=4, skip_nonfinite_steps=True)
+    _nan_loss_on({1 + 2}, monkeypatch)
+    result = trainer.train()
+    assert result.completed and [r.get("skipped") for r in result.history] == [None, "non-finite", None, None]
+    assert result.history[1]["loss"] is None and all(torch.isfinite(p).all() for p in trainer.params)
+    assert "NaN" not in (tmp_path / "log.jsonl").read_text()
