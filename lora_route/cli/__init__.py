@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). The help texts live here so that listing the commands imports none of them.
@@ -30,20 +31,43 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Errors a user's input causes (bad arguments, configs, files, missing optional packages, diverging training): one
+# line and exit code 2; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, ImportError, ArithmeticError)
+DEBUG_ENV = "LORA_ROUTE_DEBUG"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``lora-route`` parser; only ``command``'s module is imported to fill in its arguments."""
     parser = argparse.ArgumentParser(prog="lora-route", description="Language-routed LoRA for multilingual machine "
                                      "translation: one fused kernel per layer for batches that mix directions.")
+    debug_help = f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == command:
             importlib.import_module(module).configure(subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lora-route ARGV``; a user error prints one line ``lora-route COMMAND: error: ...`` and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    return int(args.func(args) or 0)
+    return run(args, f"lora-route {args.command}")
+
+
+def run(args: argparse.Namespace, prog: str) -> int:
+    """``args.func(args)``; a user error (:data:`USER_ERRORS`) prints one line ``PROG: error: ...`` on stderr and
+    returns 2, unless ``args.debug`` or ``LORA_ROUTE_DEBUG=1`` ask for the traceback."""
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as error:
+        if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2

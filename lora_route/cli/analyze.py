@@ -67,7 +67,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser, per_direction: int) -> 
 def _languages(args) -> list[str]:
     languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
     if len(languages) < 2:
-        raise SystemExit(f"--languages needs at least two languages, got {args.languages!r}")
+        raise ValueError(f"--languages needs at least two languages, got {args.languages!r}")
     return languages
 
 
@@ -80,7 +80,7 @@ def _directions(args) -> list[tuple[str, str]]:
 def _pairs(args, split: str, directions, cap: int):
     """Seed / training / evaluation pairs: ``cap`` per direction from the gettext corpus split or --pairs-file."""
     if cap < 1:
-        raise SystemExit("the number of pairs per direction must be >= 1")
+        raise ValueError("the number of pairs per direction must be >= 1")
     if args.pairs_file:
 
         pairs = load_local_pairs(args.pairs_file)
@@ -160,14 +160,14 @@ def _run_neurons(args) -> int:
 
     out = Path(args.out)
     if args.train and not args.recipe:
-        raise SystemExit("--train needs --recipe (the recipe whose stages train the initialised adapters)")
+        raise ValueError("--train needs --recipe (the recipe whose stages train the initialised adapters)")
     recipe = None
     if args.recipe:
 
         recipe = load_recipe(args.recipe)
         config = recipe.adapter_config()
         if config.method != ablation_method(args.ablation):
-            raise SystemExit(f"ablation {args.ablation} initialises method {ablation_method(args.ablation)!r} but "
+            raise ValueError(f"ablation {args.ablation} initialises method {ablation_method(args.ablation)!r} but "
                              f"{args.recipe} has adapter method {config.method!r}")
         args.model, args.languages = recipe.model.name_or_path, ",".join(config.languages)
         directions = list(config.directions or directions_for(recipe.stages[0].directions, config.languages))

@@ -9,6 +9,7 @@ import torch
 
 from lora_route.bench.config import DTYPES, LAYER_PROVIDERS, PRESETS, TRAIN_PROVIDERS
 from lora_route.bench.runner import run_benchmark, write_results
+from lora_route.cli import run as run_command
 
 DEFAULT_OUT_DIR = "benchmarks/results"
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         known = {shape.name: shape for shape in preset.shapes}
         unknown = [name for name in args.shapes if name not in known]
         if unknown:
-            raise SystemExit(f"lora-route bench: preset {preset.name!r} has no shape {unknown}; it has {sorted(known)}")
+            raise ValueError(f"preset {preset.name!r} has no shape {unknown}; it has {sorted(known)}")
         preset = preset.with_overrides(shapes=tuple(known[name] for name in args.shapes))
     preset = preset.with_overrides(dtype=args.dtype, reps=args.reps)
     result = run_benchmark(preset, device=device, layer_providers=args.providers,
@@ -68,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``benchmarks/run_benchmarks.py``: the ``bench`` subcommand as a standalone program."""
     parser = argparse.ArgumentParser(prog="run_benchmarks")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     configure(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    return run_command(parser.parse_args(sys.argv[1:] if argv is None else argv), "run_benchmarks")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         size = replace(size, **overrides)
     if args.threads is not None:
         if args.threads < 1:
-            raise SystemExit("--threads must be >= 1")
+            raise ValueError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if args.size == "gpu" else "cpu")
     summary = run_demo(args.out, size, zero_shot_probe=args.zero_shot_probe, model_name=args.model, device=device,

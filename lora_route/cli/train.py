@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
-        raise SystemExit("--stop-after-steps must be >= 1")
+        raise ValueError("--stop-after-steps must be >= 1")
     recipe = load_recipe(args.config, args.overrides)
     ctx = setup_distributed(args.device)
     try:

@@ -244,8 +244,8 @@ def test_cli_runs_a_layer_only_benchmark(tmp_path, capsys):
     assert {r["provider"] for r in data["layer_results"]} == {"base", "lora_route_torch"}
     assert data["training_results"] == [] and (tmp_path / "cli_run.png").exists()
     assert "target forward_4096_vs_base" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench_main(["--preset", "minimal", "--shapes", "no_such_shape", "--out-dir", str(tmp_path)])
+    assert bench_main(["--preset", "minimal", "--shapes", "no_such_shape", "--out-dir", str(tmp_path)]) == 2
+    assert "run_benchmarks: error: preset 'minimal' has no shape ['no_such_shape']" in capsys.readouterr().err
 
 
 def test_a_failing_provider_is_recorded_and_the_run_goes_on():

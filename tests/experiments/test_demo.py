@@ -214,5 +214,5 @@ def test_demo_command_rejects_bad_threads():
     from lora_route.cli import build_parser
 
     args = build_parser("demo").parse_args(["demo", "--size", "tiny", "--threads", "0"])
-    with pytest.raises(SystemExit, match="--threads must be >= 1"):
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
         args.func(args)
