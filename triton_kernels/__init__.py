@@ -1,7 +1,9 @@
-"""Triton backend of lora_route (installed as ``lora_route.triton_kernels``).
+"""Triton kernels of lora_route (installed as ``lora_route.triton_kernels``; they import nothing of lora_route).
 
-``routed_forward`` / ``routed_backward`` (see :mod:`.routed_lora`) serve ``lora_route.ops``; ``available`` and
-``unsupported_reason`` tell the dispatcher when they can. On CPU the kernels run only under ``TRITON_INTERPRET=1``
+``routed_forward`` / ``routed_backward`` (:mod:`.routed_lora`: shrink, expand and bank-gradient kernels) and
+``fused_linear_forward`` / ``fused_linear_backward`` (:mod:`.fused_linear`: the base GEMM with the delta in its
+epilogue) serve ``lora_route.kernels.triton_backend``; ``available`` and ``unsupported_reason`` tell the dispatcher
+when they can. On CPU the kernels run only under ``TRITON_INTERPRET=1``
 (set before triton is imported; meant for tests).
 """
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import torch
 
 try:
+    from .fused_linear import fused_linear_backward, fused_linear_forward, fused_unsupported_reason
     from .routed_lora import MAX_RANK, interpreting, routed_backward, routed_forward
 except ImportError:  # triton is not installed
     MAX_RANK = 0
     interpreting = routed_forward = routed_backward = None
+    fused_linear_forward = fused_linear_backward = fused_unsupported_reason = None
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-__all__ = ["available", "unsupported_reason", "routed_forward", "routed_backward", "MAX_RANK"]
+__all__ = ["available", "unsupported_reason", "routed_forward", "routed_backward", "fused_linear_forward",
+           "fused_linear_backward", "fused_unsupported_reason", "MAX_RANK"]
 
 
 def available() -> bool:
