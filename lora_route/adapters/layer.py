@@ -61,6 +61,7 @@ class RoutedLoRALinear(nn.Module):
         self.route_source: RowRoutes | None = None
         self.merged_routes: tuple[tuple[int, int, int], ...] | None = None
         self._merged_factors: tuple[Tensor, Tensor] | None = None
+        self._core_cache: tuple[tuple, Tensor] | None = None
         self.load_balancing_loss: Tensor | None = None
         self.reset_adapter_parameters()
 
@@ -144,11 +145,18 @@ class RoutedLoRALinear(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def core(self, dtype: torch.dtype | None = None) -> Tensor | None:
-        """UniCore ``U = Uni_B · Uni_A`` as a (1, r, r) bank (None without core); differentiable."""
+        """UniCore ``U = Uni_B · Uni_A`` as a (1, r, r) bank (None without core); differentiable. Without grad mode
+        (decoding) the product is kept until ``Uni_A`` / ``Uni_B`` change, instead of being recomputed per call."""
         if not self.spec.has_core:
             return None
-        core = (self.uni_B @ self.uni_A).unsqueeze(0)
-        return core if dtype is None else core.to(dtype)
+        if torch.is_grad_enabled():
+            core = (self.uni_B @ self.uni_A).unsqueeze(0)
+            return core if dtype is None else core.to(dtype)
+        key = (self.uni_A._version, self.uni_B._version, self.uni_A.data_ptr(), self.uni_B.data_ptr(), dtype)
+        if self._core_cache is None or self._core_cache[0] != key:
+            core = (self.uni_B @ self.uni_A).unsqueeze(0)
+            self._core_cache = (key, core if dtype is None else core.to(dtype))
+        return self._core_cache[1]
 
     def _calls(self, x: Tensor) -> list[tuple[Tensor, Tensor | None, Tensor, float | Tensor, RoutePlan | None]]:
         """``(a_idx, u_idx, b_idx, scale, plan)`` for every route this layer applies to the rows of ``x``."""

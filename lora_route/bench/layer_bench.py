@@ -183,7 +183,7 @@ class LayerBench:
         if provider.startswith("lora_route_"):
             backend = provider.removeprefix("lora_route_")
             try:
-                resolve_backend(backend, x)
+                resolve_backend(backend, x, weight=banks.weights[PROJECTIONS[0]])
             except ValueError as error:
                 raise ProviderUnavailable(str(error)) from error
             plan = plan_routes(row_ids)

@@ -38,7 +38,7 @@ from lora_route.bench.workloads import row_adapters, sequence_adapters
 from lora_route.common.files import write_json
 from lora_route.kernels.dispatch import resolve_backend
 
-FAST_BACKENDS = ("triton", "cuda")
+FAST_BACKENDS = ("triton", "triton_fused", "cuda")
 
 
 def _log_to_stderr(message: str) -> None:
@@ -51,7 +51,7 @@ def fast_backends(device: torch.device, dtype: torch.dtype) -> dict[str, str | N
     reasons = {}
     for name in FAST_BACKENDS:
         try:
-            resolve_backend(name, sample)
+            resolve_backend(name, sample, weight=torch.zeros(8, 8, device=device, dtype=dtype))
             reasons[name] = None
         except ValueError as error:
             reasons[name] = str(error)
@@ -200,7 +200,7 @@ def _run(preset, device, layer_providers, train_providers, run_layers, run_train
     layer, plans = (_layer_results(preset, layer_providers, device, dtype, timer, seed, log)
                     if run_layers else ([], []))
     # The training step runs lora_route on the backends chosen among the layer providers that can run here.
-    train_backends = [name for name in ("triton", "cuda", "torch")
+    train_backends = [name for name in ("triton", "triton_fused", "cuda", "torch")
                       if f"lora_route_{name}" in layer_providers and reasons.get(name) is None]
     training = (_training_results(preset, train_providers, device, dtype, timer, seed, train_backends, log)
                 if run_training else [])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 TARGET_SHAPE = "llama3_8b_mlp"
 TARGET_DEVICE = "H100"
 TARGET_DTYPE = "bfloat16"
-FAST_BACKEND_PROVIDERS = ("lora_route_triton", "lora_route_cuda")
+FAST_BACKEND_PROVIDERS = ("lora_route_triton", "lora_route_triton_fused", "lora_route_cuda")
 MIXED_METHODS = ("lora_route_molora_static", "lora_route_crosslora")
 
 

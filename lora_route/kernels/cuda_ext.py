@@ -7,10 +7,10 @@ Batches of at most :data:`lora_route.kernels.plan.DECODE_MAX_ROWS` rows take the
 one block per row), larger ones the segment-tiled kernels (SGMV-style: 64-row tiles of the plan's sorted rows,
 tensor cores for fp16/bf16). Rows without adapter are neither read nor written.
 
-Backward is plain torch on whatever device the tensors live on: every per-bank reduction is one dense GEMM
-against a one-hot expansion of the rows (``(T, n·r)``), so it needs no host synchronisation, no per-segment
-loop and no atomics (deterministic), at ``n_bank`` times the FLOPs of the adapter part of a segment-wise
-backward. Where that is too slow (many banks) the Triton backward is the faster choice.
+Backward is plain torch on the GPU, the dense (one-hot) backward of :mod:`lora_route.kernels.torch_backend`: every
+per-bank reduction is one dense GEMM against a one-hot expansion of the rows (``(T, n·r)``), so it needs no host
+synchronisation, no per-segment loop and no atomics (deterministic), at ``n_bank`` times the FLOPs of the adapter part
+of a segment-wise backward. Where that is too slow (many banks) the Triton backward is the faster choice.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import importlib
 import torch
 from torch import Tensor
 
-from lora_route.kernels.plan import RoutePlan, shape_class
+from lora_route.kernels.backend import Backend, RowRoutes
+from lora_route.kernels.plan import shape_class
+from lora_route.kernels.torch_backend import dense_backward
 
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KERNELS = ("auto", "gather", "segment")
@@ -85,62 +87,20 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
                                  out, gather)
 
 
-def _row_routes(plan: RoutePlan) -> tuple[Tensor, Tensor]:
-    """Per-row ``(a, u, b)`` (T, 3) int64 (-1 on rows without adapter) and the active mask (T,), from the plan."""
-    num_rows = plan.num_rows
-    positions = torch.arange(num_rows, device=plan.row_order.device)
-    num_active = plan.segment_starts[num_rows]
-    segment = torch.searchsorted(plan.segment_starts, positions, right=True) - 1
-    routes = plan.segment_routes[segment.clamp(0, max(num_rows - 1, 0))]
-    routes = torch.where((positions < num_active).unsqueeze(1), routes, -1)
-    by_row = torch.empty_like(routes).index_copy_(0, plan.row_order, routes)
-    return by_row, by_row[:, 0] >= 0
+def _forward(x, weight, bias, A, B, U, row_scale, scale, routes: RowRoutes):
+    out = torch.nn.functional.linear(x, weight, bias) if weight is not None else x.new_zeros(x.shape[0], B.shape[1])
+    z = routed_forward(x, A, B, U, row_scale, scale, routes.plan().tensors(), out)
+    return out, z
 
 
-def _spread(values: Tensor, index: Tensor, active: Tensor, banks: int) -> Tensor:
-    """(T, banks·r): row t holds ``values[t]`` in the block of bank ``index[t]`` and zeros elsewhere."""
-    one_hot = torch.nn.functional.one_hot(index.clamp(min=0), banks).to(values.dtype)
-    one_hot = one_hot * active.unsqueeze(1).to(values.dtype)
-    return (one_hot.unsqueeze(2) * values.unsqueeze(1)).reshape(values.shape[0], -1)
+def _backward(grad_out, x, z, weight, A, B, U, row_scale, scale, routes: RowRoutes, needs):
+    """Plain torch on the GPU: the dense (one-hot) backward of :mod:`lora_route.kernels.torch_backend`, which needs
+    no host synchronisation, no per-segment loop and no atomics (deterministic)."""
+    dx, *rest = dense_backward(grad_out, x, z, A, B, U, row_scale, scale, routes, needs)
+    if dx is not None and weight is not None:
+        dx = dx + grad_out @ weight
+    return (dx, *rest)
 
 
-def _select(values: Tensor, index: Tensor, active: Tensor) -> Tensor:
-    """(T, r) from (T, banks, r): the block of bank ``index[t]`` per row, zero on inactive rows (exact copy)."""
-    picked = values.gather(1, index.clamp(min=0).view(-1, 1, 1).expand(-1, 1, values.shape[2])).squeeze(1)
-    return torch.where(active.unsqueeze(1), picked, 0)
-
-
-def routed_backward(grad_out: Tensor, x: Tensor, z: Tensor, A: Tensor, B: Tensor, U: Tensor | None,
-                    row_scale: Tensor | None, scale: float, plan: tuple[Tensor, Tensor, Tensor, Tensor],
-                    needs) -> tuple:
-    """``(dx, dA, dB, dU, d_row_scale)`` of :func:`routed_forward`'s delta; an entry is None unless ``needs`` (five
-    booleans in that order) asks for it. Shapes as in :func:`routed_forward`; ``grad_out`` (T, d_out), ``z`` the
-    forward's (T, r). Formulas as :func:`lora_route.kernels.reference.segment_backward`; runs on any device.
-    """
-    need_dx, need_dA, need_dB, need_dU, need_ds = needs
-    need_dU = need_dU and U is not None
-    need_ds = need_ds and row_scale is not None
-    num_rows, rank = x.shape[0], A.shape[1]
-    routes, active = _row_routes(RoutePlan(*plan))
-    a_idx, u_idx, b_idx = routes.unbind(1)
-    mask = active.unsqueeze(1)
-    dy = torch.where(mask, grad_out, 0)
-    if U is not None:
-        core = _spread(z, u_idx, active, U.shape[0]) @ U.transpose(1, 2).reshape(-1, rank)   # z'_t = U[u] z_t
-    else:
-        core = z
-    row_s = row_scale * scale if row_scale is not None else torch.full_like(active, scale, dtype=x.dtype)
-    row_s = torch.where(active, row_s, 0).unsqueeze(1)
-    g = _select((dy @ B.permute(1, 0, 2).reshape(B.shape[1], -1)).view(num_rows, B.shape[0], rank), b_idx, active)
-    h = g * row_s
-    k = _spread(h, u_idx, active, U.shape[0]) @ U.reshape(-1, rank) if U is not None else h  # U[u]^T h_t
-    d_row_scale = torch.where(active, (g * core).sum(1) * scale, 0) if need_ds else None
-    dB = None
-    if need_dB:
-        spread_core = _spread(core, b_idx, active, B.shape[0])
-        dB = ((dy * row_s).t() @ spread_core).view(B.shape[1], B.shape[0], rank).permute(1, 0, 2).contiguous()
-    dU = (_spread(h, u_idx, active, U.shape[0]).t() @ z).view_as(U) if need_dU else None
-    spread_k = _spread(k, a_idx, active, A.shape[0]) if (need_dA or need_dx) else None
-    dA = (spread_k.t() @ torch.where(mask, x, 0)).view_as(A) if need_dA else None
-    dx = spread_k @ A.reshape(-1, A.shape[2]) if need_dx else None
-    return dx, dA, dB, dU, d_row_scale
+BACKEND = Backend("cuda", available=available, unsupported_reason=lambda x, weight, rank: unsupported_reason(x, rank),
+                  forward=_forward, backward=_backward)

@@ -6,8 +6,9 @@
 
 The work runs in two custom ops, ``lora_route::routed_lora_forward`` and ``lora_route::routed_lora_backward``,
 so ``torch.compile(fullgraph=True)`` traces calls without a graph break. Backends (``"cuda"``, ``"triton"``,
-``"torch"``) implement the same two functions; ``backend="auto"`` (or ``LORA_ROUTE_BACKEND``) picks one per call,
-see :func:`lora_route.kernels.dispatch.resolve_backend`. This module knows nothing about languages.
+``"triton_fused"``, ``"torch"``) implement the interface of :mod:`lora_route.kernels.backend`; ``backend="auto"``
+(or ``LORA_ROUTE_BACKEND``) picks one per call, see :func:`lora_route.kernels.dispatch.resolve_backend`. This module
+knows nothing about languages.
 """
 from __future__ import annotations
 
@@ -16,29 +17,26 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from lora_route.kernels import reference
-from lora_route.kernels.dispatch import backend_module, resolve_backend
-from lora_route.kernels.plan import RoutePlan, build_plan_tensors, check_index, check_route_consistency
+from lora_route.kernels.backend import RowRoutes
+from lora_route.kernels.dispatch import get_backend, resolve_backend
+from lora_route.kernels.plan import RoutePlan, check_index, check_route_consistency
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------- the custom ops
-def _plan_from(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments):
-    if row_order is None:
-        check_route_consistency(a_idx, b_idx, u_idx)
-        row_order, segment_starts, segment_routes, num_segments = build_plan_tensors(a_idx, b_idx, u_idx)
-    return RoutePlan(row_order, segment_starts, segment_routes, num_segments)
+def _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments) -> RowRoutes:
+    plan_tensors = None if row_order is None else (row_order, segment_starts, segment_routes, num_segments)
+    return RowRoutes(a_idx, u_idx, b_idx, plan_tensors)
 
 
-def _check_plan_bounds(plan: RoutePlan, A: Tensor, B: Tensor, U: Tensor | None) -> None:
-    """Raise ValueError when a segment routes to a bank index outside its bank (synchronises once)."""
-    count = int(plan.num_segments)
-    if count == 0:
-        return
-    routes = plan.segment_routes[:count]
-    upper = routes.max(0).values.tolist()
-    _raise_if_out_of_range(upper, A, B, U)
+def _check_indices(a_idx: Tensor, b_idx: Tensor, u_idx: Tensor | None, A: Tensor, B: Tensor, U: Tensor | None) -> None:
+    """Raise ValueError for indices below -1, rows that are -1 in one index tensor but not in another, and indices
+    outside their bank (synchronises; calls with a plan from :func:`plan_routes` skip it)."""
+    check_route_consistency(a_idx, b_idx, u_idx)
+    if a_idx.numel():
+        indices = [a_idx, u_idx if u_idx is not None else a_idx.new_zeros(1), b_idx]
+        _raise_if_out_of_range(torch.stack([index.max() for index in indices]).tolist(), A, B, U)
 
 
 def _raise_if_out_of_range(upper: Sequence[int], A: Tensor, B: Tensor, U: Tensor | None) -> None:
@@ -51,8 +49,7 @@ def _raise_if_out_of_range(upper: Sequence[int], A: Tensor, B: Tensor, U: Tensor
         raise ValueError(f"u_idx holds {max_u} but the U bank has {U.shape[0]} cores")
 
 
-@torch.library.custom_op("lora_route::routed_lora_forward", mutates_args=())
-def _routed_lora_forward(
+def _routed_lora_forward_impl(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -68,28 +65,23 @@ def _routed_lora_forward(
     segment_starts: Tensor | None,
     segment_routes: Tensor | None,
     num_segments: Tensor | None,
-    check_bounds: bool,
+    check_indices: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """``(out, z)``: ``out`` (T, d_out) = base (when ``weight`` is given, else 0) + delta; ``z`` (T, r) = A[a]·x."""
-    plan = _plan_from(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments)
-    if check_bounds:
-        _check_plan_bounds(plan, A, B, U)
-    if weight is not None:
-        out = torch.nn.functional.linear(x, weight, bias)
-    else:
-        out = x.new_zeros(x.shape[0], B.shape[1])
-    module = backend_module(backend)
-    if module is None:
-        delta, z = reference.segment_forward(x, A, B, U, row_scale, scale, plan.segments())
-        return out.add_(delta), z
-    z = module.routed_forward(x, A, B, U, row_scale, scale, plan.tensors(), out)
-    return out, z
+    """``(out, z)``: ``out`` (T, d_out) = base (when ``weight`` is given) + delta; ``z`` (T, r) = A[a]·x."""
+    if check_indices:
+        _check_indices(a_idx, b_idx, u_idx, A, B, U)
+    routes = _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments)
+    return get_backend(backend).forward(x, weight, bias, A, B, U, row_scale, scale, routes)
+
+
+_routed_lora_forward = torch.library.custom_op("lora_route::routed_lora_forward", _routed_lora_forward_impl,
+                                               mutates_args=())
 
 
 @_routed_lora_forward.register_fake
 def _(x, weight, bias, A, B, U, a_idx, b_idx, u_idx, row_scale, scale, row_order, segment_starts, segment_routes,
-      num_segments, check_bounds, backend):
+      num_segments, check_indices, backend):
     return x.new_empty(x.shape[0], B.shape[1]), x.new_empty(x.shape[0], A.shape[1])
 
 
@@ -98,6 +90,7 @@ def _routed_lora_backward(
     grad_out: Tensor,
     x: Tensor,
     z: Tensor,
+    weight: Tensor | None,
     A: Tensor,
     B: Tensor,
     U: Tensor | None,
@@ -113,19 +106,16 @@ def _routed_lora_backward(
     needs: list[bool],
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(dx, dA, dB, dU, d_row_scale)`` of the adapter delta; an entry not asked for in ``needs`` is empty."""
-    plan = _plan_from(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments)
-    module = backend_module(backend)
-    if module is None:
-        grads = reference.segment_backward(grad_out, x, z, A, B, U, row_scale, scale, plan.segments(), needs)
-    else:
-        grads = module.routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan.tensors(), needs)
+    """``(dx, dA, dB, dU, d_row_scale)``; dx includes ``grad_out · weight`` when a weight is given; an entry not
+    asked for in ``needs`` is empty."""
+    routes = _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments)
+    grads = get_backend(backend).backward(grad_out, x, z, weight, A, B, U, row_scale, scale, routes, needs)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
 @_routed_lora_backward.register_fake
-def _(grad_out, x, z, A, B, U, a_idx, b_idx, u_idx, row_scale, scale, row_order, segment_starts, segment_routes,
-      num_segments, needs, backend):
+def _(grad_out, x, z, weight, A, B, U, a_idx, b_idx, u_idx, row_scale, scale, row_order, segment_starts,
+      segment_routes, num_segments, needs, backend):
     shapes = (x, A, B, U, row_scale)
     return tuple(
         t.new_empty(t.shape) if (need and t is not None) else x.new_empty(0) for t, need in zip(shapes, needs)
@@ -134,7 +124,7 @@ def _(grad_out, x, z, A, B, U, a_idx, b_idx, u_idx, row_scale, scale, row_order,
 
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, A, B, U, a_idx, b_idx, u_idx, row_scale, scale, row_order, segment_starts, segment_routes,
-     num_segments, _check_bounds, backend) = inputs
+     num_segments, _check_indices, backend) = inputs
     _, z = output
     ctx.save_for_backward(x, weight, z, A, B, U, a_idx, b_idx, u_idx, row_scale, row_order, segment_starts,
                           segment_routes, num_segments)
@@ -156,12 +146,10 @@ def _backward(ctx, grad_out, _grad_z):
     grads = [None] * 5
     if any(needs):
         computed = _routed_lora_backward(
-            grad_out, x, z, A, B, U, a_idx, b_idx, u_idx, row_scale, ctx.scale, row_order, segment_starts,
+            grad_out, x, z, weight, A, B, U, a_idx, b_idx, u_idx, row_scale, ctx.scale, row_order, segment_starts,
             segment_routes, num_segments, needs, ctx.backend,
         )
         grads = [grad if need_it else None for grad, need_it in zip(computed, needs)]
-    if weight is not None and need[0]:
-        grads[0] = grads[0] + grad_out @ weight
     d_weight = grad_out.t() @ x if (weight is not None and need[1]) else None
     d_bias = grad_out.sum(0) if (ctx.has_bias and need[2]) else None
     return (grads[0], d_weight, d_bias, grads[1], grads[2], grads[3], None, None, None, grads[4], None, None, None,
@@ -255,13 +243,18 @@ def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
         scale_value = 1.0
     else:
         row_scale, scale_value = None, float(scale)
-    name = resolve_backend(backend, x, A.shape[1])
+    name = resolve_backend(backend, x, A.shape[1], weight)
     plan_tensors = plan.tensors() if plan is not None else (None, None, None, None)
-    check_bounds = plan is None or plan.index_bounds is None
-    out, _ = _routed_lora_forward(
-        x2d, weight, bias, A.contiguous(), B.contiguous(), U.contiguous() if U is not None else None,
-        a_idx, b_idx, u_idx, row_scale, scale_value, *plan_tensors, check_bounds, name,
-    )
+    check_indices = plan is None or plan.index_bounds is None
+    args = (x2d, weight, bias, A.contiguous(), B.contiguous(), U.contiguous() if U is not None else None,
+            a_idx, b_idx, u_idx, row_scale, scale_value, *plan_tensors, check_indices, name)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+            isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias, A, B, U, row_scale))):
+        out, _ = _routed_lora_forward(*args)
+    else:
+        # Eager calls that record no graph (decoding) skip the custom op's dispatch: the same implementation, ~50 µs
+        # less host time per layer.
+        out, _ = _routed_lora_forward_impl(*args)
     return out.reshape(*lead_shape, out.shape[-1])
 
 

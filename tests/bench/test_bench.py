@@ -24,7 +24,7 @@ LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kin
 TRAIN_KEYS = {"provider", "backend", "tokens", "status", "reason", "step_median_ms", "time_ratio_to_single_lora",
               "memory_metric", "memory_ratio_to_single_lora"}
 # The Triton interpreter takes seconds per call; the smoke test leaves it to the committed CPU smoke run.
-SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p != "lora_route_triton")
+SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p not in ("lora_route_triton", "lora_route_triton_fused"))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypat
     from lora_route.kernels import dispatch
     from lora_route.kernels.plan import DECODE_MAX_ROWS
 
-    monkeypatch.setattr(dispatch, "unsupported_reason", lambda name, x, rank: None)
+    monkeypatch.setattr(dispatch, "unsupported_reason", lambda name, x, rank, weight=None: None)
     monkeypatch.setattr(dispatch, "AUTO_PREFERENCE", {"decode": ("cuda", "triton"), "prefill_or_training": ("triton",)})
     monkeypatch.delenv("LORA_ROUTE_BACKEND", raising=False)
 
@@ -111,7 +111,8 @@ def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypat
 
     assert dispatch.resolve_backend("auto", CudaTensor(DECODE_MAX_ROWS, 8)) == "cuda"
     assert dispatch.resolve_backend("auto", CudaTensor(2, DECODE_MAX_ROWS // 2 + 1, 8)) == "triton"
-    monkeypatch.setattr(dispatch, "unsupported_reason", lambda name, x, rank: None if name == "torch" else "absent")
+    monkeypatch.setattr(dispatch, "unsupported_reason",
+                        lambda name, x, rank, weight=None: None if name == "torch" else "absent")
     assert dispatch.resolve_backend("auto", CudaTensor(4, 8)) == "torch"
 
 

@@ -1,8 +1,9 @@
 """The compiled extension ``lora_route._C`` and its backend module ``lora_route.kernels.cuda_ext``.
 
-Without a GPU: the extension imports (when it was built), rejects CPU tensors with a clear error, and the backend's
-torch backward matches the reference. With a GPU (``cuda`` marker): both forward kernel families (per-row gather
-and segment tiles) against a float64 reference for fp32/fp16/bf16, masked sizes, decode and prefill row counts.
+Without a GPU: the extension imports (when it was built) and rejects CPU tensors with a clear error (its backward
+is the torch backend's dense backward, tested in test_torch_backend.py). With a GPU (``cuda`` marker): both forward
+kernel families (per-row gather and segment tiles) against a float64 reference for fp32/fp16/bf16, masked sizes,
+decode and prefill row counts.
 """
 from __future__ import annotations
 
@@ -95,59 +96,6 @@ def test_routed_forward_refuses_cpu_tensors():
     with pytest.raises(ValueError, match="cpu|not built"):
         cuda_backend.routed_forward(torch.zeros(2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 3, 2), None, None, 1.0,
                                     plan.tensors(), torch.zeros(2, 3))
-
-
-@pytest.mark.parametrize("rows,n_u,seed", [(1, 0, 0), (9, 2, 1), (40, 0, 2), (40, 3, 3)])
-def test_row_routes_recover_every_rows_indices(rows, n_u, seed):
-    a_idx, b_idx, u_idx = _routes(rows, 4, 3, n_u, seed)
-    routes, active = cuda_backend._row_routes(plan_routes(a_idx, b_idx, u_idx))
-    expected_u = u_idx if u_idx is not None else torch.where(a_idx >= 0, 0, -1)
-    assert torch.equal(routes, torch.stack([a_idx, expected_u, b_idx], 1))
-    assert torch.equal(active, a_idx >= 0)
-
-
-BACKWARD_CASES = [
-    # rows, d_in, d_out, rank, n_a, n_b, n_u, row_scale, inactive share
-    (1, 5, 7, 3, 2, 2, 0, False, 0.0),
-    (23, 17, 9, 4, 3, 5, 2, True, 0.3),
-    (64, 33, 65, 8, 6, 6, 0, True, 0.5),
-    (30, 16, 16, 2, 1, 1, 1, False, 0.2),
-    (12, 8, 8, 4, 3, 3, 2, True, 1.0),
-]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: f"T{c[0]}-r{c[3]}-a{c[4]}b{c[5]}u{c[6]}-{c[8]}")
-def test_torch_backward_matches_the_reference(case, dtype):
-    rows, d_in, d_out, rank, n_a, n_b, n_u, use_row_scale, inactive = case
-    t = _tensors(rows, d_in, d_out, rank, n_a, n_b, n_u, dtype, "cpu", seed=rows, row_scale=use_row_scale)
-    a_idx, b_idx, u_idx = _routes(rows, n_a, n_b, n_u, seed=rows + 1, inactive=inactive)
-    plan = plan_routes(a_idx, b_idx, u_idx)
-    _, z = reference.segment_forward(t["x"], t["A"], t["B"], t["U"], t["row_scale"], 0.7, plan.segments())
-    args = (t["x"], z, t["A"], t["B"], t["U"], t["row_scale"], 0.7)
-    needs = [True] * 5
-    got = cuda_backend.routed_backward(t["grad_out"], *args, plan.tensors(), needs)
-    ref = reference.segment_backward(t["grad_out"], *args, plan.segments(), needs)
-    magnitude_args = tuple(v.abs() if isinstance(v, torch.Tensor) else v for v in args)
-    magnitude = reference.segment_backward(t["grad_out"].abs(), *magnitude_args, plan.segments(), needs)
-    for name, g, r, m in zip(("dx", "dA", "dB", "dU", "d_row_scale"), got, ref, magnitude):
-        assert (g is None) == (r is None), name
-        if r is not None:
-            assert g.shape == r.shape and g.dtype == dtype, name
-            _assert_close(name, g, r, m, dtype)
-
-
-def test_torch_backward_computes_only_what_is_needed():
-    t = _tensors(10, 6, 5, 2, 2, 2, 2, torch.float64, "cpu", seed=4)
-    a_idx, b_idx, u_idx = _routes(10, 2, 2, 2, seed=5)
-    plan = plan_routes(a_idx, b_idx, u_idx)
-    z = torch.zeros(10, 2, dtype=torch.float64)
-    grads = cuda_backend.routed_backward(t["grad_out"], t["x"], z, t["A"], t["B"], t["U"], t["row_scale"], 1.0,
-                                         plan.tensors(), [False, True, False, False, True])
-    assert [g is not None for g in grads] == [False, True, False, False, True]
-    no_core = cuda_backend.routed_backward(t["grad_out"], t["x"], z, t["A"], t["B"], None, None, 1.0,
-                                           plan.tensors(), [True] * 5)
-    assert no_core[3] is None and no_core[4] is None
 
 
 # ---------------------------------------------------------------------------------------------- on a GPU

@@ -1,11 +1,14 @@
 """Every backend against a float64 evaluation of the reference, outputs and every gradient, over a sampled grid.
 
 The grid samples (rather than crosses) sizes, ranks, bank sizes, index patterns, the optional core U and the scale
-kind; every sampled case runs for every backend and dtype. CPU runs the torch backend and the Triton kernels under
-``TRITON_INTERPRET=1`` (see conftest.py); the ``cuda``-marked copy adds masked sizes 2049 / 4097 on a GPU.
+kind; every sampled case runs for every backend and dtype — the torch backend in both its formulations ("torch": dense,
+"torch-segments": one GEMM pair per segment). CPU runs the torch backend and the Triton kernels under
+``TRITON_INTERPRET=1`` (see conftest.py); the ``cuda``-marked copy adds masked sizes 2049 / 4097 on a GPU. The layer
+grid runs ``routed_linear`` (base GEMM included) through every backend, the fused Triton one among them.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +17,7 @@ import torch.nn.functional as F
 
 import lora_route
 from lora_route import plan_routes, routed_linear, routed_lora_delta
-from lora_route.kernels import reference
+from lora_route.kernels import reference, torch_backend
 from lora_route.triton_kernels import unsupported_reason
 
 # |got - ref| <= TOLERANCE · (sum of |terms|), elementwise (see _assert_matches): a few units of each dtype's epsilon
@@ -77,14 +80,25 @@ GPU_CASES = [
 def _backend_dtypes(backends):
     pairs = []
     for backend in backends:
-        for dtype in TRITON_DTYPES if backend in ("triton", "cuda") else TORCH_DTYPES:
+        for dtype in TORCH_DTYPES if backend.startswith("torch") else TRITON_DTYPES:
             pairs.append(pytest.param(backend, dtype, id=f"{backend}-{str(dtype).split('.')[-1]}"))
     return pairs
 
 
 def _require_backend(backend: str) -> None:
-    if not lora_route.backends()[backend]:
+    if not lora_route.backends()[backend.split("-")[0]]:
         pytest.skip(f"backend {backend!r} is not available in this install")
+
+
+@contextmanager
+def _formulation(backend: str | None):
+    """Run the torch backend in one formulation: dense for "torch", segments for "torch-segments"."""
+    share = torch_backend.DENSE_MAX_SHARE
+    torch_backend.DENSE_MAX_SHARE = 0.0 if backend == "torch-segments" else float("inf")
+    try:
+        yield backend.split("-")[0] if backend is not None else None
+    finally:
+        torch_backend.DENSE_MAX_SHARE = share
 
 
 def _pattern_indices(pattern: str, rows: int, bank: int, generator: torch.Generator, offset: int) -> torch.Tensor:
@@ -166,9 +180,10 @@ def _forward_backward(case: Case, data: dict, backend: str | None, magnitude: bo
     plan = None
     if backend is not None and case.use_plan:
         plan = plan_routes(indices["a_idx"], indices["b_idx"], indices["u_idx"])
-    out = _delta(case, leaves, indices, backend, plan)
-    grad_out = data["grad_out"] if backend is not None else data["grad_out"].double()
-    out.backward(grad_out.abs() if magnitude else grad_out)
+    with _formulation(backend) as name:
+        out = _delta(case, leaves, indices, name, plan)
+        grad_out = data["grad_out"] if backend is not None else data["grad_out"].double()
+        out.backward(grad_out.abs() if magnitude else grad_out)
     return out.detach(), {name: t.grad for name, t in leaves.items()}
 
 
@@ -203,9 +218,67 @@ def _check_case(case: Case, backend: str, dtype: torch.dtype, device: str) -> No
 
 
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "triton")))
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton")))
 def test_grid_matches_float64_reference(case, backend, dtype):
     _check_case(case, backend, dtype, "cpu")
+
+
+def _layer_forward_backward(case: Case, data: dict, weight: torch.Tensor, bias: torch.Tensor, backend: str | None,
+                            magnitude: bool = False):
+    """``routed_linear`` with the layer's weight and bias: ``(out, {name: grad})``, as :func:`_forward_backward`."""
+    def prepare(t):
+        t = t.double().abs() if magnitude else (t.double() if backend is None else t)
+        return t.detach().clone().requires_grad_(True)
+
+    leaves = {name: prepare(t) for name, t in {**data["leaves"], "weight": weight, "bias": bias}.items()}
+    idx = data["indices"]
+    scale = leaves.get("scale", 0.5)
+    grad_out = data["grad_out"] if backend is not None else data["grad_out"].double()
+    if backend is None:
+        if isinstance(scale, torch.Tensor) and scale.dim() == 0:
+            scale = scale.expand(case.rows)
+        out = reference.routed_linear(leaves["x"], leaves["weight"], leaves["bias"], leaves["A"], leaves["B"],
+                                      idx["a_idx"], idx["b_idx"], U=leaves.get("U"), u_idx=idx["u_idx"], scale=scale)
+    else:
+        with _formulation(backend) as name:
+            plan = plan_routes(idx["a_idx"], idx["b_idx"], idx["u_idx"])
+            out = routed_linear(leaves["x"], leaves["weight"], leaves["bias"], leaves["A"], leaves["B"], idx["a_idx"],
+                                idx["b_idx"], U=leaves.get("U"), u_idx=idx["u_idx"], scale=scale, plan=plan,
+                                backend=name)
+    out.backward(grad_out.abs() if magnitude else grad_out)
+    return out.detach(), {name: t.grad for name, t in leaves.items()}
+
+
+LAYER_CASES = [CPU_CASES[1], CPU_CASES[3], CPU_CASES[6], CPU_CASES[8]]
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton", "triton_fused")))
+def test_layer_grid_matches_float64_reference(case, backend, dtype):
+    """The whole layer (base GEMM + delta) and every gradient, the weight's and the bias' included."""
+    _check_layer_case(case, backend, dtype, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", GPU_CASES[:3] + LAYER_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "triton", "triton_fused", "cuda")))
+def test_layer_grid_matches_float64_reference_on_gpu(case, backend, dtype):
+    _check_layer_case(case, backend, dtype, "cuda")
+
+
+def _check_layer_case(case: Case, backend: str, dtype: torch.dtype, device: str) -> None:
+    _require_backend(backend)
+    data = _make_inputs(case, dtype, device, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    weight = (torch.randn(case.d_out, case.d_in, generator=generator, dtype=torch.float64) * case.d_in ** -0.5)
+    bias = torch.randn(case.d_out, generator=generator, dtype=torch.float64)
+    weight, bias = weight.to(dtype).to(device), bias.to(dtype).to(device)
+    out, grads = _layer_forward_backward(case, data, weight, bias, backend)
+    ref_out, ref_grads = _layer_forward_backward(case, data, weight, bias, None)
+    mag_out, mag_grads = _layer_forward_backward(case, data, weight, bias, None, magnitude=True)
+    _assert_matches("out", out, ref_out, mag_out, dtype)
+    for name in ref_grads:
+        _assert_matches(f"d{name}", grads[name], ref_grads[name], mag_grads[name], dtype)
 
 
 @pytest.mark.cuda
@@ -237,7 +310,7 @@ def test_gradcheck_float64_torch_backend():
 
 
 @pytest.mark.parametrize("pattern", ["none", "mixed"])
-@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "triton")))
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton")))
 def test_rows_without_adapter_keep_the_base_output_bit_for_bit(pattern, backend, dtype):
     _require_backend(backend)
     case = Case(21, 33, 65, 8, 3, 4, 2, pattern, "row")
@@ -245,8 +318,9 @@ def test_rows_without_adapter_keep_the_base_output_bit_for_bit(pattern, backend,
     leaves, idx = data["leaves"], data["indices"]
     weight = torch.randn(case.d_out, case.d_in, dtype=torch.float64).to(dtype)
     bias = torch.randn(case.d_out, dtype=torch.float64).to(dtype)
-    out = routed_linear(leaves["x"], weight, bias, leaves["A"], leaves["B"], idx["a_idx"], idx["b_idx"],
-                        U=leaves["U"], u_idx=idx["u_idx"], scale=leaves["scale"], backend=backend)
+    with _formulation(backend) as name:
+        out = routed_linear(leaves["x"], weight, bias, leaves["A"], leaves["B"], idx["a_idx"], idx["b_idx"],
+                            U=leaves["U"], u_idx=idx["u_idx"], scale=leaves["scale"], backend=name)
     base = F.linear(leaves["x"], weight, bias)
     inactive = idx["a_idx"] < 0
     assert inactive.any()

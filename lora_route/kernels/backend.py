@@ -1,0 +1,52 @@
+"""The interface every backend of the routed op implements, and the per-call row routes it receives.
+
+A backend computes one routed layer, ``out = x·W0ᵀ (+ bias) + s_t · B[b_t]·U[u_t]·A[a_t]·x_t`` per row (``weight``
+None: the delta alone), and its gradients:
+
+``forward(x, weight, bias, A, B, U, row_scale, scale, routes) -> (out, z)``
+    x: (T, d_in) contiguous; weight: (d_out, d_in) or None; bias: (d_out,) or None; A: (n_a, r, d_in);
+    B: (n_b, d_out, r); U: (n_u, r, r) or None; row_scale: (T,) in x's dtype or None; scale: float (``s_t`` is
+    ``scale · row_scale_t``); routes: :class:`RowRoutes`. out: (T, d_out); z = A[a]·x: (T, r) in x's dtype, zero
+    on rows without adapter (saved for backward).
+``backward(grad_out, x, z, weight, A, B, U, row_scale, scale, routes, needs) -> (dx, dA, dB, dU, d_row_scale)``
+    needs: five booleans in that order; an entry not asked for is None. dx is the full input gradient of the call:
+    with a weight it includes ``grad_out · W0``. The weight and bias gradients are not the backend's (the op
+    computes them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from torch import Tensor
+
+from lora_route.kernels.plan import RoutePlan, build_plan_tensors
+
+
+@dataclass
+class RowRoutes:
+    """The per-row bank indices of one call ((T,) int, -1 = no adapter) and their segment plan, built from the
+    indices on first use when the caller passed none (backends that need no plan never build one)."""
+
+    a_idx: Tensor
+    u_idx: Tensor | None
+    b_idx: Tensor
+    plan_tensors: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    _plan: RoutePlan | None = field(default=None, init=False, repr=False)
+
+    def plan(self) -> RoutePlan:
+        if self._plan is None:
+            tensors = self.plan_tensors or build_plan_tensors(self.a_idx, self.b_idx, self.u_idx)
+            self._plan = RoutePlan(*tensors)
+        return self._plan
+
+
+class Backend(NamedTuple):
+    """One backend: whether this install can run it, why it cannot serve a call (``(x, weight, rank)`` → a one-line
+    reason or None), and its ``forward`` / ``backward`` (see the module docstring)."""
+
+    name: str
+    available: Callable[[], bool]
+    unsupported_reason: Callable[[Tensor, Tensor | None, int | None], str | None]
+    forward: Callable[..., tuple[Tensor, Tensor]]
+    backward: Callable[..., tuple]
