@@ -80,3 +80,37 @@ def test_num_return_sequences_inherit_their_sentences_route(routed_model):
         with route(routed_model, [s], [t]):
             alone = routed_model.generate(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], **kwargs)
         assert torch.equal(both[2 * i : 2 * i + 2], alone)
+
+
+def test_greedy_decoding_stops_each_row_at_its_first_line_with_the_same_output():
+    """Rows used to decode on to EOS or the token budget although only the first line is kept."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm("llama", seed=3)
+    with torch.no_grad():  # the newline takes the place of 'x' wherever 'x' would win: lines end mid-output
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("\n")] = 1.05 * model.lm_head.weight[
+            tokenizer.convert_tokens_to_ids("x")]
+    sentences = ["Hello world.", "Guten Morgen!", "A longer sentence here.", "Kurz.", "abc", "xyz qq", "Haus", "猫"]
+    steps = []
+    model.register_forward_pre_hook(lambda module, args: steps.append(1))
+    full = translate(model, tokenizer, sentences, "en", "de", max_new_tokens=30, first_line=False)
+    full_steps, steps[:] = len(steps), []
+    first = translate(model, tokenizer, sentences, "en", "de", max_new_tokens=30)
+    assert sum("\n" in text for text in full) >= 4
+    assert first == [next((line.strip() for line in text.splitlines() if line.strip()), "") for text in full]
+    assert len(steps) < full_steps
+
+
+def test_the_first_line_criterion_per_row():
+    from lora_route.eval.generation import FirstLineComplete
+
+    tokenizer = tiny_tokenizer()
+    ids = {char: tokenizer.convert_tokens_to_ids(char) for char in ("\n", " ", "a")}
+    criterion = FirstLineComplete(tokenizer, 128, torch.device("cpu"))
+    # row 0: newline before any text (not done), text, newline (done); row 1: text then newline at once
+    steps = [("\n", "a"), ("a", "\n"), (" ", " "), ("\n", "a")]
+    done = []
+    sequence = torch.zeros(2, 1, dtype=torch.long)
+    for first, second in steps:
+        sequence = torch.cat([sequence, torch.tensor([[ids[first]], [ids[second]]])], 1)
+        done.append(criterion(sequence, None).tolist())
+    assert done == [[False, False], [False, True], [False, False], [True, False]]
