@@ -40,12 +40,15 @@ from lora_route.eval.langid import LanguageIdentifier
 from lora_route.eval.metrics import CometScorer
 from lora_route.eval.outputs import load_outputs
 from lora_route.eval.report import direction_table, summary_table
+from lora_route.eval.significance import DEFAULT_SAMPLES, PairedComparison, comparison_table, paired_bootstrap
 from lora_route.models.loading import load_model
 from lora_route.train.config import parse_recipe
 from lora_route.train.distributed import setup_distributed
 from lora_route.train.recipe import run_recipe
 
 PIVOT = "en"
+BASELINE = "lora"
+SIGNIFICANCE_GROUPS = ("en_centric", "non_english", "zero_shot")
 RUN_NAMES = ("base", "lora", "unilora_stage1", "unilora_stage2")
 
 
@@ -119,8 +122,8 @@ SIZES = {
                      r=4, r_uni=8, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
                      eval_batch_size=12, dev_per_direction=0),
     "cpu": DemoSize("cpu", ("en", "de", "zh"), ("de-zh",), stage1_steps=48, stage2_steps=24, batch_size=8, lr=1e-3,
-                    r=16, r_uni=64, test_per_direction=12, test_max_chars=60, train_max_chars=100, num_beams=1,
-                    eval_batch_size=24, dev_per_direction=0),
+                    r=16, r_uni=64, test_per_direction=50, test_max_chars=60, train_max_chars=100, num_beams=1,
+                    eval_batch_size=25, dev_per_direction=0),
     "gpu": DemoSize("gpu", ("en", "de", "zh", "ru", "cs"), ("de-zh", "zh-ru", "ru-cs", "cs-de"), stage1_steps=1500,
                     stage2_steps=1000, batch_size=16, lr=5e-4, r=16, r_uni=1024, test_per_direction=200,
                     test_max_chars=300, train_max_chars=300, num_beams=5, eval_batch_size=64, dev_per_direction=50),
@@ -338,8 +341,24 @@ class DemoRunner:
         return self.write_report()
 
     # ------------------------------------------------------------------------------------------- report
+    def significance(self) -> dict[str, list[PairedComparison]]:
+        """Every trained run against the LoRA baseline: paired bootstrap per group (En-centric, non-English,
+        zero-shot), BLEU and chrF++ (:func:`lora_route.eval.significance.paired_bootstrap`)."""
+        if BASELINE not in self.results:
+            return {}
+        baseline = load_outputs(self.out / BASELINE / "outputs.jsonl")
+        comparisons = {}
+        for name, result in self.results.items():
+            if name in (BASELINE, "base"):
+                continue
+            groups = {group: [parse_direction(d) for d in result.groups[group]["directions"]]
+                      for group in SIGNIFICANCE_GROUPS}
+            comparisons[name] = paired_bootstrap(load_outputs(self.out / name / "outputs.jsonl"), baseline, groups)
+        return comparisons
+
     def write_report(self) -> dict[str, Any]:
         runs = {name: result.to_dict() for name, result in self.results.items()}
+        significance = self.significance()
         summary = {
             "mode": "zero_shot_probe" if self.probe else "demo",
             "size": {**asdict(self.size), "replay_fraction": self.size.replay_fraction},
@@ -351,13 +370,14 @@ class DemoRunner:
             "parameters": self.parameters,
             "training": self.training,
             "groups": {name: run["groups"] for name, run in runs.items()},
+            "significance_vs_lora": {name: [c.to_dict() for c in rows] for name, rows in significance.items()},
         }
         write_json(self.out / "demo.json", summary)
-        write_text_atomic(self.out / "summary.md", self.summary_markdown(runs))
+        write_text_atomic(self.out / "summary.md", self.summary_markdown(runs, significance))
         write_text_atomic(self.out / "samples.md", self.samples_markdown())
         return summary
 
-    def summary_markdown(self, runs: dict[str, dict]) -> str:
+    def summary_markdown(self, runs: dict[str, dict], significance: dict[str, list[PairedComparison]]) -> str:
         size = self.size
         if self.probe:
             training = (f"Zero-shot probe: every run trained {size.stage1_steps} steps on the English-centric "
@@ -388,6 +408,9 @@ class DemoRunner:
                              for group in ("supervised", "zero_shot", "all")]
                     lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
+        if significance:
+            lines += [f"## Differences to LoRA (paired bootstrap, {DEFAULT_SAMPLES} resamples, 95 % intervals)", "",
+                      comparison_table(significance, BASELINE), "", *significance_sentences(significance), ""]
         if self.parameters:
             lines += ["## Trainable parameters", "", "| adapter | trainable | share of total |", "|---|---|---|"]
             lines += [f"| {k} | {v['trainable']:,} | {v['share_percent']:.2f} % |" for k, v in self.parameters.items()]
@@ -421,6 +444,21 @@ class DemoRunner:
             lines += [f"- **{name}**: {_one_line(outs[index].hyp)}" for name, outs in outputs.items()]
             lines.append("")
         return "\n".join(lines)
+
+
+def significance_sentences(significance: dict[str, list[PairedComparison]]) -> list[str]:
+    """One sentence per run: which of its differences to LoRA are significant at 0.05 and which are not."""
+    sentences = []
+    for name, rows in significance.items():
+        def describe(row: PairedComparison) -> str:
+            metric = "BLEU" if row.metric == "bleu" else "chrF++"
+            return f"{row.group} {metric} {row.delta:+.2f}"
+
+        significant = [describe(r) for r in rows if r.significant]
+        not_significant = [describe(r) for r in rows if not r.significant]
+        sentences.append(f"- {name}: significant (p < 0.05): {', '.join(significant) or 'none'}; "
+                         f"not significant: {', '.join(not_significant) or 'none'}.")
+    return sentences
 
 
 def _delta(run: dict, base: dict, group: str, metric: str) -> str:

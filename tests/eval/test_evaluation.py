@@ -234,6 +234,18 @@ def test_compare_tables_and_command(tmp_path, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "| base |" in printed and "| tuned |" in printed and "en→de" in printed
+    assert "Paired bootstrap" not in printed  # no run named lora and no --baseline
+    save_outputs(tmp_path / "base" / "outputs.jsonl", _outputs())
+    save_outputs(tmp_path / "tuned" / "outputs.jsonl", better)
+    args = build_parser("compare").parse_args(["compare", str(tmp_path / "base"), str(tmp_path / "tuned"),
+                                               "--baseline", "base", "--samples", "200"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "Paired bootstrap against base (200 resamples" in printed
+    assert "| tuned | zero_shot | 2 | +19.07 [+5.43, +38.81] p=0.030 * |" in printed
+    args = build_parser("compare").parse_args(["compare", str(tmp_path / "base"), "--baseline", "lora"])
+    with pytest.raises(ValueError, match="--baseline 'lora' is none of the runs"):
+        args.func(args)
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         load_run(tmp_path / "nothing")
 

@@ -111,6 +111,12 @@ def test_demo_orchestration_on_tiny_model(tmp_path, one_thread):
     text = (out / "summary.md").read_text()
     assert "| unilora_stage2 |" in text and "zh→de*" in text and "Zero-shot" in text
     assert "## Change against the base model" in text and "COMET-22 was not requested" in text
+    significance = summary["significance_vs_lora"]
+    assert set(significance) == {"unilora_stage1", "unilora_stage2"}
+    groups = {(row["group"], row["metric"]) for row in significance["unilora_stage2"]}
+    assert groups == {(g, m) for g in ("en_centric", "non_english", "zero_shot") for m in ("bleu", "chrf")}
+    assert all(0 < row["p_value"] <= 1 and row["delta_low"] <= row["delta_high"] for row in significance["unilora_stage1"])
+    assert "## Differences to LoRA (paired bootstrap, 1000 resamples" in text and "- unilora_stage2: " in text
     assert "### zh→de (zero-shot)" in (out / "samples.md").read_text()
     assert len((out / "test.jsonl").read_text().splitlines()) == 12
 
