@@ -60,6 +60,8 @@ class RoutedLoRAConfig:
     layers:           decoder-layer indices whose modules are patched (None: all).
     r_uni:            UniCore rank (unilora).
     src_expert / tgt_expert: language → A / B expert index (crosslora, unilora; default one expert per language).
+    independent_source_init: crosslora, unilora: draw every source expert A on its own instead of all from one
+                      shared draw (the default, see ``RoutedLoRALinear.reset_adapter_parameters``).
     directions:       (src, tgt) pairs with their own expert (molora_static) or pair-specific LoRA (mlas);
                       default every ordered pair of distinct languages.
     num_experts, top_k: molora_topk's expert count (default one per language) and experts per token.
@@ -79,6 +81,7 @@ class RoutedLoRAConfig:
     r_uni: int = 1024
     src_expert: dict[str, int] | None = None
     tgt_expert: dict[str, int] | None = None
+    independent_source_init: bool = False
     directions: list[tuple[str, str]] | None = None
     num_experts: int | None = None
     top_k: int = 1
@@ -109,6 +112,11 @@ class RoutedLoRAConfig:
         if self.method in ("crosslora", "unilora"):
             self.src_expert = self._check_expert_map("src_expert", self.src_expert)
             self.tgt_expert = self._check_expert_map("tgt_expert", self.tgt_expert)
+        if not isinstance(self.independent_source_init, bool):
+            raise ValueError(f"independent_source_init must be true or false, got {self.independent_source_init!r}")
+        if self.independent_source_init and self.method not in SHARED_A_INIT_METHODS:
+            raise ValueError(f"independent_source_init applies to {' and '.join(SHARED_A_INIT_METHODS)}; {self.method} "
+                             "always draws its A matrices independently")
         if self.method in _DIRECTION_METHODS:
             self._check_directions()
         if self.method == "molora_topk":

@@ -95,14 +95,14 @@ class RoutedLoRALinear(nn.Module):
         r_uni < r), so UniLoRA starts as CrossLoRA and gradients reach every factor once B moves.
 
         Cross-connected methods (:data:`~lora_route.adapters.config.SHARED_A_INIT_METHODS`; neither paper specifies
-        the initialisation) start every source expert A from the same draw: the experts' rank-space codes then begin
-        aligned, so a target expert trained behind one source expert can read another's codes; with independent
-        draws, source experts that never met a target expert in training produce codes it cannot read (measured in
-        docs/results.md)."""
+        the initialisation) start every source expert A from the same draw, unless ``independent_source_init``: the
+        experts' rank-space codes then begin aligned, so a target expert trained behind one source expert can read
+        another's codes; with independent draws, source experts that never met a target expert in training produce
+        codes it cannot read (``lora-route study stage2-data`` measures both)."""
         if self.lora_A.device.type == "meta":
             return
         bound = 1.0 / math.sqrt(self.in_features)
-        if self.config.method in SHARED_A_INIT_METHODS:
+        if self.config.method in SHARED_A_INIT_METHODS and not self.config.independent_source_init:
             self.lora_A[0].uniform_(-bound, bound)
             self.lora_A[1:].copy_(self.lora_A[:1].expand_as(self.lora_A[1:]))
         else:

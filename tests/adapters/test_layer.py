@@ -74,6 +74,18 @@ def test_cross_connected_methods_start_every_source_expert_from_one_draw(method)
     assert layer.lora_A.abs().max() <= 1 / math.sqrt(64) and layer.lora_A[0].std() > 0.5 / math.sqrt(64 * 3)
 
 
+def test_independent_source_init_draws_every_source_expert_on_its_own():
+    torch.manual_seed(0)
+    config = RoutedLoRAConfig("unilora", LANGS, r=4, r_uni=8, independent_source_init=True)
+    layer = RoutedLoRALinear(nn.Linear(64, 8), config, 0)
+    assert not any(torch.equal(layer.lora_A[0], expert) for expert in layer.lora_A[1:])
+    assert RoutedLoRAConfig.from_dict(config.to_dict()).independent_source_init is True
+    with pytest.raises(ValueError, match="independent_source_init applies to crosslora and unilora"):
+        RoutedLoRAConfig("lora", LANGS, independent_source_init=True)
+    with pytest.raises(ValueError, match="must be true or false"):
+        RoutedLoRAConfig("crosslora", LANGS, independent_source_init="yes")
+
+
 def test_gradients_reach_every_adapter_factor_and_not_the_base():
     layer = _layer("unilora", r_uni=6)
     layer.base_layer.requires_grad_(False)
