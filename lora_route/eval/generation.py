@@ -106,9 +106,12 @@ def _clean(text: str, first_line: bool) -> str:
 @torch.no_grad()
 def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | str, tgt: Sequence[str] | str, *,
               num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 16,
-              template: str | None = None, chat_template: bool = False, first_line: bool = True) -> list[str]:
+              template: str | None = None, chat_template: bool = False, first_line: bool = True,
+              stop_early: bool = True) -> list[str]:
     """Translate ``sentences[i]`` from ``src[i]`` into ``tgt[i]`` (codes, or one code for all); returns strings in
-    input order. ``max_new_tokens`` defaults to twice the longest source (in tokens) plus 16, per batch."""
+    input order. ``max_new_tokens`` defaults to twice the longest source (in tokens) plus 16, per batch.
+    ``stop_early=False`` decodes every row on to EOS or ``max_new_tokens`` even when only its first line is kept
+    (the same output, more steps; for measuring what stopping saves)."""
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise ValueError("sentences must be a list of strings")
     if not all(isinstance(s, str) for s in sentences):
@@ -118,6 +121,9 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
     for name, value in (("num_beams", num_beams), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("first_line", first_line), ("stop_early", stop_early)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
         raise ValueError(f"max_new_tokens must be None or a positive int, got {max_new_tokens!r}")
     template = DEFAULT_TEMPLATE if template is None else template
@@ -142,7 +148,7 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
             budget = max_new_tokens
         routing = route(model, batch_src, batch_tgt) if patched else contextlib.nullcontext()
         stop = None
-        if first_line and num_beams == 1:
+        if first_line and stop_early and num_beams == 1:
             vocab_size = model.get_output_embeddings().weight.shape[0]
             stop = StoppingCriteriaList([FirstLineComplete(tokenizer, vocab_size, device)])
         with routing:

@@ -98,6 +98,11 @@ def test_greedy_decoding_stops_each_row_at_its_first_line_with_the_same_output()
     assert sum("\n" in text for text in full) >= 4
     assert first == [next((line.strip() for line in text.splitlines() if line.strip()), "") for text in full]
     assert len(steps) < full_steps
+    steps[:] = []
+    assert translate(model, tokenizer, sentences, "en", "de", max_new_tokens=30, stop_early=False) == first
+    assert len(steps) == full_steps
+    with pytest.raises(ValueError, match="stop_early must be True or False"):
+        translate(model, tokenizer, sentences, "en", "de", stop_early=None)
 
 
 def test_the_first_line_criterion_per_row():

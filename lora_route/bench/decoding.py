@@ -1,0 +1,169 @@
+"""Decoding a real model, timed side by side in one process (wall clock on the CPU; on a GPU after a synchronise):
+
+- :func:`routed_decode_overhead`: mixed-direction greedy decoding — ``prompts`` prompts cycling through every
+  direction among ``languages``, exactly ``new_tokens`` new tokens each — by the unpatched model, the same model
+  patched with UniLoRA (random B, so that the delta is not zero) and PEFT's mixed-adapter batch (one LoRA per
+  direction on the same modules, rows routed by ``adapter_names=``); the median of ``reps`` alternating
+  repetitions and each one's ratio to the unpatched model.
+- :func:`first_line_stopping`: messages per second of the evaluation's decoding
+  (:func:`lora_route.eval.evaluate.decode_pairs`) of a test set, with and without stopping each row once its first
+  line is complete, and how many outputs agree.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from lora_route.adapters.config import DEFAULT_TARGET_MODULES, RoutedLoRAConfig
+from lora_route.adapters.patch import apply_routed_lora, route, routed_modules
+from lora_route.bench.peft_baseline import attach_peft_loras, peft_adapter_name
+from lora_route.eval.evaluate import decode_pairs
+from lora_route.eval.generation import translate
+
+# Issue targets (never asserted): routed decoding within 5 % of the unpatched model; first-line stopping at least
+# 3× the messages per second of decoding on for the base model, 1.5× for trained adapters.
+MAX_ROUTED_DECODE_RATIO = 1.05
+MIN_BASE_STOP_SPEEDUP = 3.0
+MIN_ADAPTER_STOP_SPEEDUP = 1.5
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[str] = ("en", "de", "zh"),
+                           prompts: int = 12, new_tokens: int = 24, reps: int = 5, r: int = 16, r_uni: int = 64,
+                           seed: int = 0) -> dict[str, Any]:
+    """Seconds per ``generate`` call of the unpatched ``model``, a UniLoRA-patched copy and PEFT's mixed batch
+    (copies; ``model`` is left as it is), and each ratio to the unpatched model."""
+    if prompts < 1 or new_tokens < 1 or reps < 1:
+        raise ValueError(f"prompts, new_tokens and reps must be >= 1, got {prompts}, {new_tokens}, {reps}")
+    directions = [(s, t) for s in languages for t in languages if s != t]
+    if not directions:
+        raise ValueError(f"need at least two languages, got {list(languages)}")
+    rows = [directions[i % len(directions)] for i in range(prompts)]
+    src, tgt = [s for s, _ in rows], [t for _, t in rows]
+    device = next(model.parameters()).device
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer([f"Translate the following sentence:\nMessage number {i} of the test\n"
+                           for i in range(prompts)], return_tensors="pt", padding=True).to(device)
+    finally:
+        tokenizer.padding_side = padding_side
+    settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+                "pad_token_id": tokenizer.pad_token_id}
+
+    patched = apply_routed_lora(copy.deepcopy(model), RoutedLoRAConfig("unilora", list(languages), r=r,
+                                                                       alpha=2.0 * r, r_uni=r_uni, dropout=0.0))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in routed_modules(patched).values():
+            module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=generator) * 0.01)
+    calls: dict[str, Callable[[], object]] = {
+        "unpatched": lambda: model.generate(**batch, **settings),
+        "lora_route_unilora": lambda: _routed_generate(patched, batch, settings, src, tgt),
+    }
+    peft_model = attach_peft_loras(copy.deepcopy(model), DEFAULT_TARGET_MODULES, r, 2.0 * r, len(directions),
+                                   autocast_adapter_dtype=False)
+    names = [peft_adapter_name(directions.index(row)) for row in rows]
+    calls["peft_mixed"] = lambda: peft_model.generate(**batch, **settings, adapter_names=names)
+
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.no_grad():
+        for call in calls.values():
+            call()
+        for _ in range(reps):
+            for name, call in calls.items():
+                _synchronize(device)
+                started = time.perf_counter()
+                call()
+                _synchronize(device)
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "prompts": prompts, "new_tokens": new_tokens, "directions": len(directions), "reps": reps,
+        "adapter": {"method": "unilora", "r": r, "r_uni": r_uni, "target_modules": list(DEFAULT_TARGET_MODULES)},
+        "seconds": times, "median_s": medians,
+        "ratio_to_unpatched": {name: medians[name] / medians["unpatched"] for name in calls},
+        "target_ratio": MAX_ROUTED_DECODE_RATIO,
+        "met": medians["lora_route_unilora"] / medians["unpatched"] <= MAX_ROUTED_DECODE_RATIO,
+    }
+
+
+def _routed_generate(model, batch, settings, src, tgt):
+    with route(model, src, tgt):
+        return model.generate(**batch, **settings)
+
+
+def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequence[Any], *, batch_size: int,
+                        log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
+    """For each ``name → (model, tokenizer)``: seconds and messages per second of greedy ``decode_pairs`` over
+    ``pairs`` with first-line stopping and without, the speedup, and how many outputs are identical."""
+    if not pairs:
+        raise ValueError("first_line_stopping needs at least one test pair")
+    results = []
+    for name, (model, tokenizer) in models.items():
+        outputs, seconds = {}, {}
+        for mode, stop_early in (("stop_at_first_line", True), ("decode_to_eos", False)):
+            device = next(model.parameters()).device
+            _synchronize(device)
+            started = time.perf_counter()
+            outputs[mode] = decode_pairs(model, tokenizer, pairs, batch_size=batch_size, progress=False,
+                                         translate_fn=partial(translate, stop_early=stop_early))
+            _synchronize(device)
+            seconds[mode] = time.perf_counter() - started
+            log(f"{name} {mode}: {seconds[mode]:.1f} s for {len(pairs)} messages")
+        speedup = seconds["decode_to_eos"] / seconds["stop_at_first_line"]
+        target = MIN_BASE_STOP_SPEEDUP if getattr(model, "routed_lora_config", None) is None \
+            else MIN_ADAPTER_STOP_SPEEDUP
+        identical = sum(a == b for a, b in zip(outputs["stop_at_first_line"], outputs["decode_to_eos"]))
+        results.append({"model": name, "messages": len(pairs), "seconds": seconds,
+                        "messages_per_s": {mode: len(pairs) / s for mode, s in seconds.items()},
+                        "speedup": speedup, "target_speedup": target, "met": speedup >= target,
+                        "identical_outputs": identical,
+                        "differing": [{"index": i, "stop_at_first_line": a, "decode_to_eos": b} for i, (a, b) in
+                                      enumerate(zip(outputs["stop_at_first_line"], outputs["decode_to_eos"])) if a != b]})
+    return results
+
+
+def write_decoding_plot(result: dict, path) -> None:
+    """PNG: the routed-decoding ratios to the unpatched model, and messages per second with and without stopping
+    at the first line per model (temporary file + rename)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lora_route.common.files import atomic_path
+
+    overhead, stopping = result["routed_decode_overhead"], result["first_line_stopping"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(overhead["ratio_to_unpatched"])
+    left.bar(names, [overhead["ratio_to_unpatched"][n] for n in names], color=["#999999", "#1f77b4", "#d62728"])
+    left.axhline(overhead["target_ratio"], color="black", linestyle="--", linewidth=1, label="target")
+    left.set_ylabel("decode time × unpatched model")
+    left.set_title(f"{overhead['prompts']} prompts × {overhead['new_tokens']} tokens, {overhead['directions']} "
+                   "directions mixed", fontsize=9)
+    left.legend(fontsize=8)
+    models = [row["model"] for row in stopping]
+    for offset, mode in ((-0.2, "decode_to_eos"), (0.2, "stop_at_first_line")):
+        right.bar([i + offset for i in range(len(models))], [row["messages_per_s"][mode] for row in stopping],
+                  width=0.4, label=mode.replace("_", " "))
+    right.set_xticks(range(len(models)), labels=models)
+    right.set_ylabel("messages / s")
+    right.set_title("greedy decoding of the demo test set", fontsize=9)
+    right.legend(fontsize=8)
+    fig.suptitle(result["label"], fontsize=10)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, suffix=".png") as temporary:
+            fig.savefig(temporary, dpi=110)
+    finally:
+        plt.close(fig)
