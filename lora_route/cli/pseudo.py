@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from lora_route.eval.langid import LanguageIdentifier
-from lora_route.train.pseudo import build_pseudo_corpus, pivot_sources, sample_sources
-from lora_route.train.recipe import corpus_pairs, load_recipe_stage, stage_train_pairs
+from lora_route.train.pseudo import build_pseudo_corpus, recipe_pivot_sources
+from lora_route.train.recipe import load_recipe_stage
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer, recipe, stage_name, _ = load_recipe_stage(args.recipe, args.stage, args.set, args.device)
-    stage = recipe.stage(stage_name)
-    data = recipe.stage_data(stage)
-    languages = args.languages or list(data.languages)
-    pool = [p for p in corpus_pairs(data, "train") if args.pivot in p.direction
-            and p.src_lang in languages and p.tgt_lang in languages]
-    used = {text for p in stage_train_pairs(recipe, stage) for text in (p.src, p.tgt)}
-    sources = sample_sources(pivot_sources(pool, args.pivot), args.per_language, recipe.seed, exclude=used)
+    languages = args.languages or list(recipe.stage_data(recipe.stage(stage_name)).languages)
+    sources = recipe_pivot_sources(recipe, stage_name, languages, args.pivot, args.per_language)
     out = Path(args.out) if args.out else Path(recipe.output_dir) / "pseudo.jsonl"
     pairs, report = build_pseudo_corpus(model, tokenizer, sources, languages, out,
                                         identifier=LanguageIdentifier(languages=None), pivot_lang=args.pivot,

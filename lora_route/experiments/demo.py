@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from lora_route.adapters.params import count_parameters
 from lora_route.adapters.patch import apply_routed_lora
 from lora_route.common.files import write_json, write_jsonl, write_text_atomic
 from lora_route.common.languages import direction_key, parse_direction
@@ -155,32 +156,41 @@ def multiway_test_set(english_pairs: Sequence[TranslationPair], languages: Seque
             for s in languages for t in languages if s != t for en in chosen]
 
 
+def recipe_common(size: DemoSize, data: dict, model_name: str, seed: int) -> dict:
+    """The sections every demo and study recipe shares: seed, model, data (the gettext catalogs unless ``data``
+    overrides them) and training settings."""
+    return {"seed": seed, "model": {"name_or_path": model_name},
+            "data": {"source": "gettext", "max_chars": size.train_max_chars,
+                     "dev_per_direction": size.dev_per_direction, **data},
+            "training": {"batch_size": size.batch_size, "lr": size.lr, "warmup_ratio": 0.05, "log_every": 1}}
+
+
+def budget_stage(name: str, directions: str | list[str], steps: int, n_directions: int, batch_size: int,
+                 **extra) -> dict:
+    """A raw stage of ``steps`` optimizer steps over ``n_directions`` directions, capped per direction so that one
+    epoch is about the step budget."""
+    cap = max(1, math.ceil(steps * batch_size / n_directions))
+    return {"name": name, "directions": directions, "cap_per_direction": cap,
+            "training": {"max_steps": steps, "epochs": 2.0}, **extra}
+
+
 def recipe_dicts(size: DemoSize, out_dir: Path, data: dict, model_name: str, seed: int) -> dict[str, dict]:
     """Raw training recipes (see ``lora_route.train.config``) of the LoRA baseline and of UniLoRA's two stages."""
     en_centric, supervised, _ = demo_directions(size)
     as_keys = [direction_key(s, t) for s, t in en_centric + supervised]
-
-    def cap(steps: int, n_directions: int) -> int:   # one epoch ≈ the step budget
-        return max(1, math.ceil(steps * size.batch_size / n_directions))
-
-    def stage(name: str, directions: list, steps: int, n_dir: int, **extra) -> dict:
-        return {"name": name, "directions": directions, "cap_per_direction": cap(steps, n_dir),
-                "training": {"max_steps": steps, "epochs": 2.0}, **extra}
-
-    common = {"seed": seed, "model": {"name_or_path": model_name},
-              "data": {"source": "gettext", "max_chars": size.train_max_chars,
-                       "dev_per_direction": size.dev_per_direction, **data},
-              "training": {"batch_size": size.batch_size, "lr": size.lr, "warmup_ratio": 0.05, "log_every": 1}}
+    common = recipe_common(size, data, model_name, seed)
     adapter = {"languages": list(size.languages), "r": size.r, "alpha": 2.0 * size.r}
+    batch = size.batch_size
     return {
         "lora": {**common, "name": "demo-lora", "output_dir": str(out_dir / "train" / "lora"),
                  "adapter": {**adapter, "method": "lora"},
-                 "stages": [stage("train", as_keys, size.lora_steps, len(as_keys))]},
+                 "stages": [budget_stage("train", as_keys, size.lora_steps, len(as_keys), batch)]},
         "unilora": {**common, "name": "demo-unilora", "output_dir": str(out_dir / "train" / "unilora"),
                     "adapter": {**adapter, "method": "unilora", "r_uni": size.r_uni},
-                    "stages": [stage("stage1", "en_centric", size.stage1_steps, len(en_centric)),
-                               stage("stage2", [direction_key(s, t) for s, t in supervised], size.stage2_steps,
-                                     len(supervised), replay_from="stage1", replay_fraction=size.replay_fraction)]},
+                    "stages": [budget_stage("stage1", "en_centric", size.stage1_steps, len(en_centric), batch),
+                               budget_stage("stage2", [direction_key(s, t) for s, t in supervised], size.stage2_steps,
+                                            len(supervised), batch, replay_from="stage1",
+                                            replay_fraction=size.replay_fraction)]},
     }
 
 
@@ -197,12 +207,6 @@ def probe_recipe_dicts(size: DemoSize, out_dir: Path, data: dict, model_name: st
     return {name: {**unilora, "name": f"probe-{name}", "output_dir": str(out_dir / "train" / f"probe_{name}"),
                    "adapter": {**shared, **adapter}, "stages": unilora["stages"][:1]}
             for name, adapter in adapters.items()}
-
-
-def _trainable_share(model) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": trainable, "total": total, "share_percent": 100.0 * trainable / total}
 
 
 class DemoRunner:
@@ -294,7 +298,7 @@ class DemoRunner:
         raw = recipe_dicts(self.size, self.out, self.data, self.model_name, self.seed)
         lora = parse_recipe(raw["lora"], "demo lora recipe")
         model, tokenizer = self._patched(lora)
-        self.parameters["lora"] = _trainable_share(model)
+        self.parameters["lora"] = asdict(count_parameters(model))
         self._train(lora, model, tokenizer, "lora")
         self.evaluate("lora", model, tokenizer)
         del model
@@ -303,7 +307,7 @@ class DemoRunner:
         stage1_only = parse_recipe({**raw["unilora"], "stages": raw["unilora"]["stages"][:1]}, "demo unilora stage 1")
         both = parse_recipe(raw["unilora"], "demo unilora recipe")
         model, tokenizer = self._patched(both)
-        self.parameters["unilora"] = _trainable_share(model)
+        self.parameters["unilora"] = asdict(count_parameters(model))
         self._train(stage1_only, model, tokenizer, "unilora_stage1")
         self.evaluate("unilora_stage1", model, tokenizer)
         # stage 1 is finished with the same fingerprint, so ``resume`` reloads its weights and trains stage 2 only
@@ -332,7 +336,7 @@ class DemoRunner:
         for name, raw in probe_recipe_dicts(self.size, self.out, self.data, self.model_name, self.seed).items():
             recipe = parse_recipe(raw, f"zero-shot probe recipe {name}")
             model, tokenizer = self._patched(recipe)
-            self.parameters[name] = _trainable_share(model)
+            self.parameters[name] = asdict(count_parameters(model))
             self._train(recipe, model, tokenizer, name)
             self.evaluate(name, model, tokenizer)
             del model

@@ -19,6 +19,8 @@ from lora_route.common.languages import check_language
 from lora_route.data.corpus import TranslationPair, write_pairs_jsonl
 from lora_route.eval.evaluate import decode_pairs
 from lora_route.eval.langid import EMPTY, NO_LANGUAGE, LanguageIdentifier, normalize_language_code
+from lora_route.train.config import RecipeConfig
+from lora_route.train.recipe import corpus_pairs, stage_train_pairs
 
 # Filters in the order they are applied; a pair is counted under the first filter that removes it.
 FILTERS = ("empty", "copy", "repetition", "length_ratio", "source_language", "pivot_language", "target_language",
@@ -216,3 +218,16 @@ def sample_sources(sources: Sequence[tuple[str, str, str]], per_language: int | 
             indices = sorted(random.Random(f"{seed}:{lang}").sample(indices, per_language))
         keep += indices
     return [sources[i] for i in sorted(keep)]
+
+
+def recipe_pivot_sources(recipe: RecipeConfig, stage_name: str, languages: Sequence[str], pivot_lang: str,
+                         per_language: int | None) -> list[tuple[str, str, str]]:
+    """Sources for the pseudo-corpus of a trained recipe stage: the non-pivot sides of the recipe corpus's
+    English-centric training pairs among ``languages`` that no stage up to ``stage_name`` trained on (so the
+    pseudo-corpus brings new sentences), at most ``per_language`` per language (seeded by the recipe's seed)."""
+    stage = recipe.stage(stage_name)
+    pool = [p for p in corpus_pairs(recipe.stage_data(stage), "train")
+            if pivot_lang in p.direction and p.src_lang in languages and p.tgt_lang in languages]
+    used = {text for earlier in recipe.stages[: recipe.stages.index(stage) + 1]
+            for p in stage_train_pairs(recipe, earlier) for text in (p.src, p.tgt)}
+    return sample_sources(pivot_sources(pool, pivot_lang), per_language, recipe.seed, exclude=used)

@@ -1,0 +1,241 @@
+"""``lora-route study NAME``: the papers' experiments as commands on the embedded default.
+
+- ``stage2-data``: UniLoRA's data-requirement curve (its Figure 4): stage 2 with k pairs per supervised
+  non-English direction, k in ``StudySize.stage2_pairs`` (k = 0: stage 1 alone), for UniLoRA, CrossLoRA and plain
+  LoRA at matched trainable parameters on the same two-stage schedule; plus the attempts at making stage 2 pay off
+  (replay share, stage-2 learning rate, independent source-expert initialisation).
+- ``ablations``: UniLoRA's ablation tables (its Tables 2 and 3) at ``reference_pairs``: without UniCore (CrossLoRA),
+  without stage 1 (one stage on every trained direction, same steps), one shared source expert, one shared target
+  expert, typology-grouped experts.
+- ``zero-shot``: every non-English direction unseen in real data: LoRA, UniLoRA, CrossLoRA and a target-routed
+  CrossLoRA (one source expert shared by every language) after stage 1 (English-centric data only), and CrossLoRA /
+  LoRA / UniLoRA trained on the pivot pseudo-corpus their own stage 1 generates (CrossLoRA's method), with the
+  pseudo stage continued or re-initialised and with or without the language-ID filters.
+
+Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
+parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused
+(:mod:`lora_route.experiments.study_runs`); the report is :mod:`lora_route.experiments.study_report`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from lora_route.adapters.config import RoutedLoRAConfig
+from lora_route.adapters.params import count_parameters
+from lora_route.adapters.patch import apply_routed_lora, routed_modules
+from lora_route.adapters.routing import expert_map_from_groups, shared_expert_map
+from lora_route.experiments.study_runs import PseudoSpec, Schedule, StudySize, Variant
+
+STUDY_NAMES = ("stage2-data", "ablations", "zero-shot")
+Direction = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One thing tried to make the routed experts win: ``variant`` changes ``reference`` as ``change`` says."""
+
+    change: str
+    variant: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What one study trains and compares.
+
+    groups: report group → directions (macro averages). comparisons: (system, baseline) variant names for the
+    paired bootstrap. retention: variant → its stage-1 variant, for the En-centric BLEU kept after stage 2.
+    curves: series label → [(k, variant name)] drawn as lines against k; without curves the plot draws bars.
+    """
+
+    name: str
+    title: str
+    question: str
+    variants: tuple[Variant, ...]
+    groups: dict[str, list[Direction]]
+    comparisons: tuple[tuple[str, str], ...]
+    attempts: tuple[Attempt, ...] = ()
+    retention: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def without(self, names: set[str]) -> StudyPlan:
+        """This plan without the variants ``names`` and every comparison, attempt, retention pair and curve point
+        that involves one of them."""
+        def keep(*members: str) -> bool:
+            return not names.intersection(members)
+
+        return replace(
+            self, variants=tuple(v for v in self.variants if keep(v.name)),
+            comparisons=tuple(pair for pair in self.comparisons if keep(*pair)),
+            attempts=tuple(a for a in self.attempts if keep(a.variant, a.reference)),
+            retention={run: stage1 for run, stage1 in self.retention.items() if keep(run, stage1)},
+            curves={label: [(k, name) for k, name in points if keep(name)] for label, points in self.curves.items()})
+
+
+def matched_lora_rank(model_factory: Callable[[], tuple], unilora_adapter: dict[str, Any]) -> int:
+    """The LoRA rank whose trainable parameter count on the patched modules is closest to UniLoRA's
+    (``unilora_adapter``: the recipe's UniLoRA adapter section)."""
+    model, _ = model_factory()
+    apply_routed_lora(model, RoutedLoRAConfig.from_dict(dict(unilora_adapter)))
+    target = count_parameters(model).trainable
+    per_rank = sum(module.in_features + module.out_features for module in routed_modules(model).values())
+    return max(1, round(target / per_rank))
+
+
+class Adapters:
+    """The recipes' adapter sections of every family: ``r`` and ``alpha = 2r`` of the demo size, LoRA at
+    ``lora_rank``."""
+
+    def __init__(self, size: StudySize, lora_rank: int):
+        base = size.base
+        self.languages = list(base.languages)
+        self.lora = {"method": "lora", "languages": self.languages, "r": lora_rank, "alpha": 2.0 * lora_rank}
+        common = {"languages": self.languages, "r": base.r, "alpha": 2.0 * base.r}
+        self.crosslora = {**common, "method": "crosslora"}
+        self.unilora = {**common, "method": "unilora", "r_uni": base.r_uni}
+
+    @property
+    def lora_note(self) -> str:
+        return (f"LoRA has one adapter of rank {self.lora['r']}, whose trainable parameters match UniLoRA's "
+                f"(r = {self.unilora['r']}, r_uni = {self.unilora['r_uni']}).")
+
+    def unilora_with(self, **changes) -> dict:
+        return {**self.unilora, **changes}
+
+    @property
+    def shared(self) -> dict[str, int]:
+        return shared_expert_map(self.languages)
+
+    @property
+    def grouped(self) -> dict[str, int]:
+        return expert_map_from_groups(self.languages)
+
+
+def _epochs(size: StudySize) -> str:
+    return "one epoch" if size.stage2_epochs == 1 else f"{size.stage2_epochs:g} epochs"
+
+
+def _split_groups(schedule: Schedule) -> dict[str, list[Direction]]:
+    return {"en_centric": schedule.en_centric, "supervised_non_english": schedule.supervised,
+            "zero_shot": schedule.held_out}
+
+
+def stage2_data_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
+    schedule = Schedule(size)
+    families = (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora),
+                ("CrossLoRA", "crosslora", adapters.crosslora))
+    variants, curves, comparisons, retention = [], {}, [], {}
+    for label, family, adapter in families:
+        curves[label] = []
+        for k in size.stage2_pairs:
+            name = f"{label} k={k}"
+            variants.append(Variant(name, family, adapter, schedule.two_stages(k)))
+            curves[label].append((k, name))
+            if label != "LoRA":
+                comparisons.append((name, f"LoRA k={k}"))
+            if k and 0 in size.stage2_pairs:
+                retention[name] = f"{label} k=0"
+    k = size.reference_pairs
+    reference = f"UniLoRA k={k}"
+    tried = (
+        ("stage-2 replay share 0 % (default 33 %)", "unilora", adapters.unilora,
+         schedule.two_stages(k, replay_share=0.0)),
+        ("stage-2 replay share 50 % (default 33 %)", "unilora", adapters.unilora,
+         schedule.two_stages(k, replay_share=0.5)),
+        ("stage-2 learning rate ¼ of stage 1's", "unilora", adapters.unilora,
+         schedule.two_stages(k, lr=size.base.lr / 4)),
+        ("independent source-expert initialisation (default: one shared draw)", "unilora-independent-init",
+         adapters.unilora_with(independent_source_init=True), schedule.two_stages(k)),
+    )
+    if k not in size.stage2_pairs:
+        variants.append(Variant(reference, "unilora", adapters.unilora, schedule.two_stages(k)))
+        variants.append(Variant(f"LoRA k={k}", "lora", adapters.lora, schedule.two_stages(k)))
+    attempts = []
+    for change, family, adapter, stages in tried:
+        name = f"UniLoRA k={k}, {change.split(' (')[0]}"
+        variants.append(Variant(name, family, adapter, stages))
+        attempts.append(Attempt(change, name, reference))
+        comparisons.append((name, f"LoRA k={k}"))
+    return StudyPlan(
+        name="stage2-data", title="Stage-2 data requirement (UniLoRA Figure 4)",
+        question=("How much non-English data does stage 2 need? Every method trains stage 1 on the English-centric "
+                  f"directions, then stage 2 on k ∈ {{{', '.join(map(str, size.stage2_pairs))}}} pairs per supervised "
+                  f"non-English direction plus replayed stage-1 pairs making up a third of the stage, for "
+                  f"{_epochs(size)} (k = 0: stage 1 alone). UniLoRA and CrossLoRA route a source and a "
+                  f"target expert per language; {adapters.lora_note}"),
+        variants=tuple(variants), groups=_split_groups(schedule), comparisons=tuple(comparisons),
+        attempts=tuple(attempts), retention=retention, curves=curves)
+
+
+def ablations_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
+    schedule = Schedule(size)
+    k = size.reference_pairs
+    two = schedule.two_stages(k)
+    rows = (
+        ("LoRA", "lora", adapters.lora, two),
+        ("UniLoRA stage 1", "unilora", adapters.unilora, schedule.two_stages(0)),
+        ("UniLoRA", "unilora", adapters.unilora, two),
+        ("w/o UniCore stage 1", "crosslora", adapters.crosslora, schedule.two_stages(0)),
+        ("w/o UniCore", "crosslora", adapters.crosslora, two),
+        ("w/o stage 1", "unilora", adapters.unilora, schedule.one_stage(k)),
+        ("1 shared source expert", "unilora-shared-source", adapters.unilora_with(src_expert=adapters.shared), two),
+        ("1 shared target expert", "unilora-shared-target", adapters.unilora_with(tgt_expert=adapters.shared), two),
+        ("typology-grouped experts", "unilora-grouped",
+         adapters.unilora_with(src_expert=adapters.grouped, tgt_expert=adapters.grouped), two),
+    )
+    variants = tuple(Variant(name, family, adapter, stages) for name, family, adapter, stages in rows)
+    comparisons = [(name, "LoRA") for name, *_ in rows if name != "LoRA"]
+    comparisons += [(name, "UniLoRA") for name, *_ in rows if name not in ("LoRA", "UniLoRA", "UniLoRA stage 1")]
+    return StudyPlan(
+        name="ablations", title="UniLoRA ablations (UniLoRA Tables 2 and 3)",
+        question=(f"Which parts of UniLoRA matter? Every run trains on the same data and step budget as UniLoRA "
+                  f"with k = {k} stage-2 pairs per supervised non-English direction: without the UniCore "
+                  "(= CrossLoRA), without stage 1 (one stage on k pairs of every trained direction, as many steps "
+                  "as both stages), with one source expert shared by every language, with one shared target "
+                  f"expert, and with one expert per typology group. {adapters.lora_note}"),
+        variants=variants, groups=_split_groups(schedule), comparisons=tuple(comparisons),
+        retention={"UniLoRA": "UniLoRA stage 1", "w/o UniCore": "w/o UniCore stage 1"})
+
+
+def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
+    schedule = Schedule(size)
+    stage1 = schedule.two_stages(0)
+    target_routed = {**adapters.crosslora, "src_expert": adapters.shared}
+    rows = (
+        ("LoRA", "lora", adapters.lora, None),
+        ("UniLoRA", "unilora", adapters.unilora, None),
+        ("CrossLoRA", "crosslora", adapters.crosslora, None),
+        ("target-routed CrossLoRA", "crosslora-target-routed", target_routed, None),
+        ("LoRA + pseudo-corpus", "lora", adapters.lora, PseudoSpec()),
+        ("CrossLoRA + pseudo-corpus", "crosslora", adapters.crosslora, PseudoSpec()),
+        ("UniLoRA + pseudo-corpus", "unilora", adapters.unilora, PseudoSpec()),
+    )
+    attempts_rows = (
+        ("pseudo-corpus without the language-ID filters", "CrossLoRA + pseudo-corpus, no language-ID filters",
+         PseudoSpec(language_id=False)),
+        ("pseudo stage re-initialised (CrossLoRA's stage 2) instead of continued from stage 1",
+         "CrossLoRA + pseudo-corpus, re-initialised", PseudoSpec(init="reinit")),
+    )
+    variants = [Variant(name, family, adapter, stage1, pseudo) for name, family, adapter, pseudo in rows]
+    variants += [Variant(name, "crosslora", adapters.crosslora, stage1, pseudo) for _, name, pseudo in attempts_rows]
+    comparisons = [(v.name, "LoRA") for v in variants if v.name != "LoRA"]
+    comparisons += [("CrossLoRA + pseudo-corpus", "LoRA + pseudo-corpus"),
+                    ("UniLoRA + pseudo-corpus", "LoRA + pseudo-corpus")]
+    non_english = schedule.supervised + schedule.held_out
+    return StudyPlan(
+        name="zero-shot", title="Zero-shot non-English directions",
+        question=("Do routed target experts translate directions with no real parallel data? Every run trains "
+                  "stage 1 on English-centric pairs only, so every non-English direction is zero-shot; the "
+                  "pseudo-corpus runs then translate new English-centric training sources through English with "
+                  "their own stage-1 adapters into the other non-English language, filter the pairs (CrossLoRA's "
+                  f"rules), and train on them plus a third replay for {_epochs(size)}. "
+                  "Target-routed CrossLoRA shares one source expert across languages and routes only the target. "
+                  f"{adapters.lora_note}"),
+        variants=tuple(variants), groups={"en_centric": schedule.en_centric, "zero_shot": non_english},
+        comparisons=tuple(comparisons),
+        attempts=tuple(Attempt(change, name, "CrossLoRA + pseudo-corpus") for change, name, _ in attempts_rows))
+
+
+PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {
+    "stage2-data": stage2_data_plan, "ablations": ablations_plan, "zero-shot": zero_shot_plan}

@@ -1,0 +1,228 @@
+"""Studies: schedules and sizes, and the three studies end to end on a tiny random Gemma 3 with two seeds — every
+stage trained once and shared, every evaluation reused on a second invocation, reports with pooled and per-seed
+paired bootstrap."""
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from lora_route.data.corpus import TranslationPair, write_pairs_jsonl
+from lora_route.experiments import study_runs
+from lora_route.experiments.demo import DemoSize, multiway_test_set
+from lora_route.experiments.studies import PLANS, Adapters, matched_lora_rank
+from lora_route.experiments.study_report import run_studies
+from lora_route.experiments.study_runs import STUDY_SIZES, PseudoSpec, Schedule, StudyRunner, StudySize, Variant
+from lora_route.train import recipe as recipe_module
+from lora_route.train.pseudo import PseudoCandidate
+
+MESSAGES = [
+    {"en": "Open the file", "de": "Datei öffnen", "zh": "打开文件"},
+    {"en": "Close the window now", "de": "Fenster jetzt schließen", "zh": "现在关闭窗口"},
+    {"en": "Save all documents", "de": "Alle Dokumente speichern", "zh": "保存所有文档"},
+    {"en": "Print the page please", "de": "Seite bitte drucken", "zh": "请打印页面"},
+    {"en": "Delete the selected folder", "de": "Den ausgewählten Ordner löschen", "zh": "删除所选文件夹"},
+    {"en": "Show hidden files", "de": "Versteckte Dateien anzeigen", "zh": "显示隐藏文件"},
+]
+UNIT = DemoSize("unit", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_steps=1, batch_size=2, lr=1e-3, r=2,
+                r_uni=4, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
+                eval_batch_size=4, dev_per_direction=0)
+SIZE = StudySize("unit", UNIT, seeds=(0, 1), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
+                 pseudo_per_language=3)
+
+
+def _translations(candidate_sources, languages, **_):
+    """A stand-in for the stage-1 model's pivot translations: the toy corpus's own translations."""
+    by_text = {m[lang]: m for m in MESSAGES for lang in m}
+    return [PseudoCandidate(lang, tgt, text, by_text[text]["en"], by_text[text][tgt], origin)
+            for lang, text, origin in candidate_sources for tgt in languages if tgt not in (lang, "en")]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from tiny_models import tiny_causal_lm
+    from train_helpers import tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("toy")
+    train = [TranslationPair(s, t, m[s], m[t], "toy") for m in MESSAGES for s in m for t in m if s != t]
+    write_pairs_jsonl(train, folder / "train.jsonl")
+    english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES[:3] for t in ("de", "zh")]
+    options = {"model_factory": lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
+               "data": {"source": "local", "train_files": [str(folder / "train.jsonl")], "max_length": 128},
+               "test_pairs": multiway_test_set(english, UNIT.languages, 2, 40), "device": "cpu", "progress": False}
+    return folder, options
+
+
+@pytest.fixture(scope="module")
+def studies(toy, tmp_path_factory):
+    """All three studies, two seeds, then all three again: the counters record what each invocation did."""
+    import torch
+
+    _, options = toy
+    out = tmp_path_factory.mktemp("studies")
+    patch = pytest.MonkeyPatch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trained, evaluated = Counter(), Counter()
+    train_once = recipe_module.Trainer.train
+    evaluate_once = study_runs.evaluate_model
+
+    def counting_train(self, *args, **kwargs):
+        trained[str(self.output_dir)] += 1
+        return train_once(self, *args, **kwargs)
+
+    def counting_evaluate(*args, **kwargs):
+        evaluated[str(args[3])] += 1
+        return evaluate_once(*args, **kwargs)
+
+    patch.setattr(recipe_module.Trainer, "train", counting_train)
+    patch.setattr(study_runs, "evaluate_model", counting_evaluate)
+    patch.setattr(study_runs, "generate_candidates", lambda model, tokenizer, sources, languages, **kw:
+                  _translations(sources, languages))
+    try:
+        written = run_studies(list(PLANS), SIZE, out, log=lambda _: None, **options)
+        first = (Counter(trained), Counter(evaluated))
+        run_studies(list(PLANS), SIZE, out, log=lambda _: None, **options)
+        second = (trained - first[0], evaluated - first[1])
+    finally:
+        patch.undo()
+        torch.set_num_threads(threads)
+    reports = {name: json.loads(paths["json"].read_text()) for name, paths in written.items()}
+    return out, written, reports, first, second
+
+
+def test_every_stage_is_trained_once_and_every_evaluation_is_reused(studies):
+    out, _, reports, (trained, evaluated), (trained_again, evaluated_again) = studies
+    assert trained and all(count == 1 for count in trained.values()), trained
+    assert all(count == 1 for count in evaluated.values()), evaluated
+    assert not trained_again and not evaluated_again, "a second invocation must reuse every run"
+    unilora = out / "runs" / "unit" / "unilora" / "seed0"
+    stages = {p.name for p in unilora.iterdir() if (p / "stage.json").is_file()}
+    assert {"stage1", "stage2-k2", "stage2-k2-replay0", "stage2-k2-replay50", "all-k2"} <= stages
+    assert sum(key.endswith("unilora/seed0/stage1") for key in trained) == 1      # one stage 1 for all of them
+    ablation = {v["name"]: v["runs"][0] for v in reports["ablations"]["variants"]}
+    data = {v["name"]: v["runs"][0] for v in reports["stage2-data"]["variants"]}
+    assert ablation["UniLoRA"]["key"] == data["UniLoRA k=2"]["key"]                 # the same run, reused
+    assert ablation["w/o UniCore"]["key"] == data["CrossLoRA k=2"]["key"]
+
+
+def test_reports_carry_groups_spread_and_pooled_significance(studies):
+    _, written, reports, _, _ = studies
+    for name, report in reports.items():
+        assert report["seeds"] == [0, 1] and report["test_pairs"] == 12
+        assert written[name]["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for variant in report["variants"]:
+            assert [run["seed"] for run in variant["runs"]] == [0, 1]
+            for group in report["groups"]:
+                spread = report["scores"][variant["name"]][group]["bleu"]
+                assert spread["min"] <= spread["mean"] <= spread["max"] and spread["std"] is not None
+        for comparison in report["comparisons"]:
+            assert {(r["group"], r["metric"]) for r in comparison["rows"]} == {
+                (g, m) for g in report["groups"] for m in ("bleu", "chrf")}
+            for row in comparison["rows"]:
+                assert len(row["per_seed"]) == 2 and 0 < row["p_value"] <= 1
+                assert row["delta_low"] <= row["delta_high"]
+        text = written[name]["markdown"].read_text()
+        assert "## Differences (paired bootstrap, 1000 resamples, outputs of all seeds pooled" in text
+        assert "significant (p < 0.05):" in text and f"lora-route study {name} --size unit" in text
+    assert set(reports["stage2-data"]["groups"]) == {"en_centric", "supervised_non_english", "zero_shot"}
+    assert reports["zero-shot"]["groups"]["zero_shot"] == ["de-zh", "zh-de"]
+    assert {a["variant"] for a in reports["stage2-data"]["attempts"]} == {
+        "UniLoRA k=2, stage-2 replay share 0 %", "UniLoRA k=2, stage-2 replay share 50 %",
+        "UniLoRA k=2, stage-2 learning rate ¼ of stage 1's", "UniLoRA k=2, independent source-expert initialisation"}
+    assert [r["run"] for r in reports["stage2-data"]["retention"]] == ["LoRA k=2", "UniLoRA k=2", "CrossLoRA k=2"]
+    assert len(reports["zero-shot"]["attempts"]) == 2
+    assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
+
+
+def test_pseudo_corpus_variants_train_on_their_own_pseudo_pairs(studies):
+    out, _, reports, _, _ = studies
+    pseudo = {v["name"]: v for v in reports["zero-shot"]["variants"] if v["pseudo"]}
+    assert set(pseudo) == {"LoRA + pseudo-corpus", "CrossLoRA + pseudo-corpus", "UniLoRA + pseudo-corpus",
+                           "CrossLoRA + pseudo-corpus, no language-ID filters", "CrossLoRA + pseudo-corpus, re-initialised"}
+    for variant in pseudo.values():
+        report = variant["pseudo"][0]
+        assert report["kept"] > 0 and report["kept"] + sum(report["removed"].values()) == report["total"]
+        assert variant["evaluated_stage"].startswith("pseudo-")
+        assert set(variant["runs"][0]["training"][variant["evaluated_stage"]]["train_pairs"]) >= {"de-zh", "zh-de"}
+    assert pseudo["CrossLoRA + pseudo-corpus, no language-ID filters"]["pseudo"][0]["language_id_filters"] is False
+    recipe = json.loads((out / "runs" / "unit" / "crosslora" / "seed0" / "recipe.json").read_text())
+    assert recipe["adapter"]["method"] == "crosslora"
+
+
+def test_matched_lora_rank_and_schedule(toy):
+    _, options = toy
+    adapters = Adapters(SIZE, 1)
+    rank = matched_lora_rank(options["model_factory"], adapters.unilora)
+    from lora_route.adapters.config import RoutedLoRAConfig
+    from lora_route.adapters.params import count_parameters
+    from lora_route.adapters.patch import apply_routed_lora
+
+    counts = {}
+    for r in (rank - 1, rank, rank + 1):
+        model, _ = options["model_factory"]()
+        apply_routed_lora(model, RoutedLoRAConfig("lora", ["en", "de", "zh"], r=r, alpha=2.0 * r))
+        counts[r] = count_parameters(model).trainable
+    model, _ = options["model_factory"]()
+    apply_routed_lora(model, RoutedLoRAConfig.from_dict(adapters.unilora))
+    target = count_parameters(model).trainable
+    assert abs(counts[rank] - target) <= min(abs(counts[rank - 1] - target), abs(counts[rank + 1] - target))
+
+    schedule = Schedule(replace(SIZE, stage2_epochs=2.0))
+    small, large = schedule.stage2(2), schedule.stage2(8)
+    assert small["name"] == "stage2-k2" and small["cap_per_direction"] == 2
+    assert large["training"]["max_steps"] > small["training"]["max_steps"]            # more data, more steps
+    replay_pairs = small["replay_fraction"] * schedule.stage1_pairs
+    assert replay_pairs == pytest.approx((2 * 1) / 2)                                    # a third of stage 2
+    assert "replay_from" not in schedule.stage2(2, replay_share=0.0)
+    assert schedule.stage2(2, lr=2.5e-4)["name"] == "stage2-k2-lr0p00025"
+    (one,) = schedule.one_stage(2)
+    assert one["training"]["max_steps"] == UNIT.stage1_steps + small["training"]["max_steps"]
+    assert schedule.two_stages(0) == (schedule.stage1(),)
+    with pytest.raises(ValueError, match="kept no pair"):
+        schedule.pseudo_stage(PseudoSpec(), study_runs.Path("x.jsonl"), 0)
+
+
+def test_sizes_and_conflicting_stage_definitions_are_refused(toy, tmp_path):
+    _, options = toy
+    with pytest.raises(ValueError, match="seeds"):
+        replace(SIZE, seeds=(0, 0))
+    with pytest.raises(ValueError, match="stage2_pairs"):
+        replace(SIZE, stage2_pairs=(-1,))
+    with pytest.raises(ValueError, match="stage2_epochs"):
+        replace(SIZE, stage2_epochs=0.0)
+    with pytest.raises(ValueError, match="init"):
+        PseudoSpec(init="fresh")
+    assert set(STUDY_SIZES) == {"tiny", "cpu", "gpu"} and STUDY_SIZES["cpu"].base.test_per_direction >= 50
+    with pytest.raises(ValueError, match="unknown study"):
+        run_studies(["everything"], SIZE, tmp_path)
+    runner = StudyRunner(tmp_path, SIZE, **{k: v for k, v in options.items() if k != "progress"})
+    adapter = Adapters(SIZE, 2).unilora
+    stage = Schedule(SIZE).stage1()
+    runner.recipe(Variant("a", "fam", adapter, (stage,)), 0, [stage])
+    changed = {**stage, "training": {"max_steps": 3}}
+    with pytest.raises(ValueError, match="defined twice with different settings"):
+        runner.recipe(Variant("b", "fam", adapter, (changed,)), 0, [changed])
+
+
+def test_study_command_errors_are_one_line(capsys):
+    from lora_route.cli import main
+
+    assert main(["study", "ablations", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "lora-route study: error: --threads must be >= 1"
+    with pytest.raises(SystemExit):
+        main(["study", "everything"])
+
+
+def test_a_variant_that_cannot_train_is_reported_as_skipped_and_left_out_of_comparisons(toy, tmp_path, monkeypatch):
+    _, options = toy
+    empty = lambda model, tokenizer, sources, languages, **kw: [  # noqa: E731 - every output fails the filters
+        PseudoCandidate(c.src_lang, c.tgt_lang, c.src, c.pivot, "", c.origin) for c in _translations(sources, languages)]
+    monkeypatch.setattr(study_runs, "generate_candidates", empty)
+    written = run_studies(["zero-shot"], replace(SIZE, seeds=(0,)), tmp_path, log=lambda _: None, **options)
+    report = json.loads(written["zero-shot"]["json"].read_text())
+    assert set(report["skipped"]) == {v for v in report["skipped"] if "pseudo-corpus" in v} and len(report["skipped"]) == 5
+    assert all("kept no pair" in reason for reason in report["skipped"].values())
+    assert {v["name"] for v in report["variants"]} == {"LoRA", "UniLoRA", "CrossLoRA", "target-routed CrossLoRA"}
+    assert all("pseudo" not in c["system"] + c["baseline"] for c in report["comparisons"]) and not report["attempts"]
+    assert "## Runs not reported" in written["zero-shot"]["markdown"].read_text()
