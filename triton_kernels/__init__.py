@@ -12,9 +12,10 @@ import torch
 
 try:
     from .fused_linear import fused_linear_backward, fused_linear_forward, fused_unsupported_reason
-    from .routed_lora import MAX_RANK, interpreting, routed_backward, routed_forward
+    from .routed_lora import INTERPRETED_KERNELS, MAX_RANK, interpreting, routed_backward, routed_forward
 except ImportError:  # triton is not installed
     MAX_RANK = 0
+    INTERPRETED_KERNELS = False
     interpreting = routed_forward = routed_backward = None
     fused_linear_forward = fused_linear_backward = fused_unsupported_reason = None
 
@@ -40,5 +41,10 @@ def unsupported_reason(x: torch.Tensor, rank: int | None = None) -> str | None:
     if x.device.type == "cuda":
         return None
     if x.device.type == "cpu":
-        return None if interpreting() else "Triton kernels need a CUDA tensor (CPU only under TRITON_INTERPRET=1)"
+        if not interpreting():
+            return "Triton kernels need a CUDA tensor (CPU only under TRITON_INTERPRET=1)"
+        if not INTERPRETED_KERNELS:
+            return ("the Triton kernels were imported before TRITON_INTERPRET=1 was set, so they cannot run on CPU "
+                    "tensors in this process; set it before Python starts")
+        return None
     return f"Triton kernels need a CUDA tensor, got a tensor on {x.device}"

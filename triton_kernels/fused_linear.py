@@ -45,9 +45,12 @@ from .routed_lora import (
     ROUTE_A,
     ROUTE_B,
     SegmentPlan,
+    _cdiv,
     _check_operands,
     _derived,
     _dot,
+    _multiprocessors,
+    _next_power_of_2,
     _num_routes,
     _num_warps,
     _row_tiles,
@@ -188,12 +191,6 @@ def _fused_linear_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------- launchers
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return routed_lora.H100_SMS
-
-
 def fused_config(num_rows: int, dtype: torch.dtype, n_cols: int, device: torch.device) -> TileConfig:
     """The :data:`FUSED_CONFIGS` entry of a launch, with decode tiles fitted to the batch: BLOCK_M =
     next_power_of_2(T) (at least 16, at most the entry's), BLOCK_N halved to 32 while the grid has fewer programs
@@ -201,9 +198,9 @@ def fused_config(num_rows: int, dtype: torch.dtype, n_cols: int, device: torch.d
     rows = "decode" if num_rows <= DECODE_ROWS else "large"
     config = FUSED_CONFIGS[(rows, "fp32" if dtype == torch.float32 else "half")]
     if rows == "decode":
-        block_m = min(config.block_m, max(MIN_DOT_EXTENT, triton.next_power_of_2(num_rows)))
+        block_m = min(config.block_m, max(MIN_DOT_EXTENT, _next_power_of_2(num_rows)))
         block_n = config.block_n
-        if triton.cdiv(n_cols, block_n) < _sm_count(device) and block_n > 32:
+        if _cdiv(n_cols, block_n) < _multiprocessors(device) and block_n > 32:
             block_n = 32
         config = config._replace(block_m=block_m, block_n=block_n)
     return config
@@ -294,8 +291,8 @@ def _launch_fused(x, weight, weight_strides, bias, out, small, bank, bank_stride
     n_cols = out.shape[1]
     if num_rows == 0 or n_cols == 0:
         return
-    grid = (triton.cdiv(num_rows, config.block_m) * triton.cdiv(n_cols, config.block_n),)
-    block_r = max(MIN_DOT_EXTENT, triton.next_power_of_2(rank))
+    grid = (_cdiv(num_rows, config.block_m) * _cdiv(n_cols, config.block_n),)
+    block_r = max(MIN_DOT_EXTENT, _next_power_of_2(rank))
     placeholder = out  # pointer argument of an operand the constexprs switch off
     _fused_linear_kernel[grid](
         x, weight, bias if bias is not None else placeholder, out,

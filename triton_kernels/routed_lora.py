@@ -30,6 +30,7 @@ sm_90 without a GPU and reads registers, spills and shared memory from the cubin
 """
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from typing import NamedTuple
@@ -275,6 +276,31 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# ``triton.jit`` reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported: kernels
+# imported without it cannot run on CPU tensors later in the process, whatever the variable says by then.
+INTERPRETED_KERNELS = interpreting()
+
+
+# Launch arithmetic on the host, once or more per launch, in plain integers: ``triton.cdiv`` and
+# ``triton.next_power_of_2`` cost microseconds per host call in Triton versions that make them constexpr functions.
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of non-negative ``a`` and positive ``b``."""
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (0 for ``n`` <= 0, as ``triton.next_power_of_2``)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (an H100's 132 where no CUDA device is queried), read once per device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H100_SMS
+
+
 def _upcast_dots(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
@@ -282,9 +308,9 @@ def _upcast_dots(dtype: torch.dtype) -> bool:
 def _block_sizes(num_rows: int, rank: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_K, BLOCK_R)``: row-tile height (smaller for decode-sized batches), reduction chunk and the
     padded rank."""
-    block_r = max(MIN_DOT_EXTENT, triton.next_power_of_2(rank))
+    block_r = max(MIN_DOT_EXTENT, _next_power_of_2(rank))
     block_m = min(BLOCK_M_MAX if block_r < 128 else BLOCK_M_MAX // 2,
-                  max(MIN_DOT_EXTENT, triton.next_power_of_2(num_rows)))
+                  max(MIN_DOT_EXTENT, _next_power_of_2(num_rows)))
     return block_m, BLOCK_K if block_r < 128 else BLOCK_K // 2, block_r
 
 
@@ -322,7 +348,7 @@ def _row_tiles(plan: SegmentPlan, block_m: int, num_routes: int) -> tuple[torch.
     starts = plan.segment_starts
     tiles_per_segment = (starts[1:] - starts[:-1] + block_m - 1) // block_m
     tiles_end = torch.cumsum(tiles_per_segment, 0)
-    tile_ids = torch.arange(min(num_rows, num_routes) + triton.cdiv(num_rows, block_m), device=starts.device)
+    tile_ids = torch.arange(min(num_rows, num_routes) + _cdiv(num_rows, block_m), device=starts.device)
     segment = torch.searchsorted(tiles_end, tile_ids, right=True)
     clamped = segment.clamp(max=num_rows - 1)
     first_tile = tiles_end[clamped] - tiles_per_segment[clamped]
@@ -402,7 +428,7 @@ def routed_forward(x, A, B, U, row_scale, scale, plan, out):
     )
     if d_out > 0:
         row_scale = row_scale.contiguous() if row_scale is not None else None
-        _expand_kernel[(num_tiles, triton.cdiv(d_out, BLOCK_N))](
+        _expand_kernel[(num_tiles, _cdiv(d_out, BLOCK_N))](
             zc, B, out, row_scale if row_scale is not None else zc, float(scale), *plan_args,
             d_out, rank, B.stride(0), B.stride(1), B.stride(2),
             ROUTE_COLUMN=ROUTE_B, HAS_ROW_SCALE=row_scale is not None, UPCAST=_upcast_dots(x.dtype),
@@ -413,9 +439,7 @@ def routed_forward(x, A, B, U, row_scale, scale, plan, out):
 
 def _target_programs(device: torch.device) -> int:
     """Programs that fill the device twice over (H100's 132 SMs where no CUDA device is queried)."""
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * H100_SMS
+    return 2 * _multiprocessors(device)
 
 
 def _row_splits(num_rows: int, programs: int, device: torch.device) -> int:
@@ -423,7 +447,7 @@ def _row_splits(num_rows: int, programs: int, device: torch.device) -> int:
     target = _target_programs(device)
     if programs >= target:
         return 1
-    return max(1, min(triton.cdiv(num_rows, MIN_ROWS_PER_SPLIT), triton.cdiv(target, programs)))
+    return max(1, min(_cdiv(num_rows, MIN_ROWS_PER_SPLIT), _cdiv(target, programs)))
 
 
 def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, transpose_out, block_r):
@@ -436,8 +460,8 @@ def _bank_grad(small, big, row_scale, scale, plan, column, bank_shape, dtype, tr
         return torch.zeros(bank_shape, dtype=dtype, device=big.device)
     bank_rows, bank_starts = _derived(plan, ("bank", column, bank_size), lambda: _bank_rows(plan, column, bank_size))
     block_m = _block_sizes(plan.num_rows, 1)[0]
-    block_n = min(BLOCK_N, max(MIN_DOT_EXTENT, triton.next_power_of_2(n_cols)))
-    grid = (bank_size, triton.cdiv(n_cols, block_n))
+    block_n = min(BLOCK_N, max(MIN_DOT_EXTENT, _next_power_of_2(n_cols)))
+    grid = (bank_size, _cdiv(n_cols, block_n))
     splits = _row_splits(plan.num_rows, grid[0] * grid[1], big.device)
     if splits == 1:
         out = torch.empty(bank_shape, dtype=dtype, device=big.device).unsqueeze(0)
@@ -488,7 +512,7 @@ def routed_backward(grad_out, x, z, A, B, U, row_scale, scale, plan, needs):
         BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_R=block_r, num_warps=_num_warps(block_r),
     )
     if need_dx and d_in > 0:
-        _expand_kernel[(num_tiles, triton.cdiv(d_in, BLOCK_N))](
+        _expand_kernel[(num_tiles, _cdiv(d_in, BLOCK_N))](
             k, A, dx, zc, 1.0, *plan_args, d_in, rank, A.stride(0), A.stride(2), A.stride(1),
             ROUTE_COLUMN=ROUTE_A, HAS_ROW_SCALE=False, UPCAST=_upcast_dots(x.dtype),
             BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_R=block_r, num_warps=_num_warps(block_r),

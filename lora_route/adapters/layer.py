@@ -146,10 +146,11 @@ class RoutedLoRALinear(nn.Module):
     # ------------------------------------------------------------------------------------------ forward
     def core(self, dtype: torch.dtype | None = None) -> Tensor | None:
         """UniCore ``U = Uni_B · Uni_A`` as a (1, r, r) bank (None without core); differentiable. Without grad mode
-        (decoding) the product is kept until ``Uni_A`` / ``Uni_B`` change, instead of being recomputed per call."""
+        (decoding) the product is kept until ``Uni_A`` / ``Uni_B`` change, instead of being recomputed per call;
+        while a CUDA graph is being captured it is recomputed, so that every replay reads the current factors."""
         if not self.spec.has_core:
             return None
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or (self.uni_A.is_cuda and torch.cuda.is_current_stream_capturing()):
             core = (self.uni_B @ self.uni_A).unsqueeze(0)
             return core if dtype is None else core.to(dtype)
         key = (self.uni_A._version, self.uni_B._version, self.uni_A.data_ptr(), self.uni_B.data_ptr(), dtype)

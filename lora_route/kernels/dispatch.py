@@ -4,18 +4,20 @@ Backends (``"cuda"``: the compiled extension, ``"triton"``: the Triton shrink / 
 ``"triton_fused"``: the base GEMM with the delta in its epilogue, ``"torch"``: plain PyTorch) implement the interface
 of :mod:`lora_route.kernels.backend`. ``backend="auto"`` (or ``LORA_ROUTE_BACKEND``) takes, on CUDA tensors, the first
 backend of :data:`AUTO_PREFERENCE` for the call's shape class that can serve it, then torch; an explicit backend that
-cannot serve a call raises ``ValueError`` saying why.
+cannot serve a call raises ``ValueError`` saying why. The op resolves through :func:`resolve_backend_cached`, so the
+layers of a model that share one kind of call resolve it once, not once per layer.
 """
 from __future__ import annotations
 
 import math
 import os
 
+import torch
 from torch import Tensor
 
 from lora_route.kernels import cuda_ext, torch_backend, triton_backend
 from lora_route.kernels.backend import Backend
-from lora_route.kernels.plan import shape_class
+from lora_route.kernels.plan import DECODE_MAX_ROWS, shape_class
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     cuda_ext.BACKEND, triton_backend.TRITON, triton_backend.TRITON_FUSED, torch_backend.BACKEND)}
@@ -68,3 +70,42 @@ def resolve_backend(backend: str, x: Tensor, rank: int | None = None, weight: Te
     if reason is not None:
         raise ValueError(f"backend={backend!r} cannot serve this call: {reason}")
     return backend
+
+
+# Successful resolutions of earlier calls (a request that cannot be served is not kept, so it raises on every call),
+# keyed by everything resolve_backend reads: the request, LORA_ROUTE_BACKEND, TRITON_INTERPRET for CPU tensors (the
+# only ones whose Triton support it decides), x's device and dtype, the rank, the weight's dtype and device (None
+# without weight) and the shape class of the call.
+_RESOLVED: dict[tuple, str] = {}
+RESOLVED_MAX_ENTRIES = 1024
+
+
+def resolve_backend_cached(backend: str, x: Tensor, rank: int, weight: Tensor | None, num_rows: int) -> str:
+    """:func:`resolve_backend` for a call on ``x`` (..., d_in) of ``num_rows`` rows, remembered per kind of call: the
+    layers of a model that share one kind of call resolve it once. ``torch.compile`` evaluates the resolution while
+    tracing and keeps its answer as a constant of the graph (nothing of the resolution is traced)."""
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    device = x.device
+    interpret_variable = os.environ.get("TRITON_INTERPRET") if device.type == "cpu" else None
+    return _resolve_kind(backend, os.environ.get("LORA_ROUTE_BACKEND"), interpret_variable, device, x.dtype, rank,
+                         None if weight is None else weight.dtype, None if weight is None else weight.device,
+                         shape_class(num_rows))
+
+
+@torch.compiler.assume_constant_result
+def _resolve_kind(backend, backend_variable, interpret_variable, device, dtype, rank, weight_dtype, weight_device,
+                  call_class) -> str:
+    """The backend for one kind of call (the arguments of :func:`resolve_backend_cached`'s key), from
+    :data:`_RESOLVED` or resolved on empty tensors of that kind."""
+    key = (backend, backend_variable, interpret_variable, device, dtype, rank, weight_dtype, weight_device, call_class)
+    name = _RESOLVED.get(key)
+    if name is None:
+        rows = 1 if call_class == "decode" else DECODE_MAX_ROWS + 1
+        x = torch.empty(rows, 0, dtype=dtype, device=device)
+        weight = None if weight_dtype is None else torch.empty(0, 0, dtype=weight_dtype, device=weight_device)
+        name = resolve_backend(backend, x, rank, weight)
+        if len(_RESOLVED) >= RESOLVED_MAX_ENTRIES:
+            _RESOLVED.clear()
+        _RESOLVED[key] = name
+    return name

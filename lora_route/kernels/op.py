@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lora_route.kernels.backend import RowRoutes
-from lora_route.kernels.dispatch import get_backend, resolve_backend
+from lora_route.kernels.dispatch import get_backend, resolve_backend_cached
 from lora_route.kernels.plan import RoutePlan, check_index, check_route_consistency
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -161,7 +161,8 @@ torch.library.register_autograd("lora_route::routed_lora_forward", _backward, se
 
 # ------------------------------------------------------------------------------------------------- public API
 def _validate(x, weight, bias, A, B, U, a_idx, b_idx, u_idx, scale, plan):
-    """Raise a ValueError/TypeError naming the first argument that disagrees with the others (no host sync)."""
+    """Raise a ValueError/TypeError naming the first argument that disagrees with the others (no host sync); return
+    the number of rows. The index tensors are checked here only when no plan vouches for them (:func:`_plan_vouches`)."""
     for name, tensor in (("x", x), ("A", A), ("B", B)):
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -196,46 +197,56 @@ def _validate(x, weight, bias, A, B, U, a_idx, b_idx, u_idx, scale, plan):
             if bias.shape != (B.shape[1],):
                 raise ValueError(f"bias is {tuple(bias.shape)} but must be (d_out,) = ({B.shape[1]},)")
             named.append(("bias", bias))
+    dtype, device = x.dtype, x.device
     for name, tensor in named:
-        if tensor.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {tensor.dtype} but x has {x.dtype}; cast them to one dtype")
-        if tensor.device != x.device:
-            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+        if tensor.dtype != dtype:
+            raise ValueError(f"{name} has dtype {tensor.dtype} but x has {dtype}; cast them to one dtype")
+        if tensor.device != device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {device}")
     num_rows = x.numel() // d_in if d_in else x.shape[:-1].numel()
-    for name, index in (("a_idx", a_idx), ("b_idx", b_idx), ("u_idx", u_idx)):
-        if index is None:
-            continue
-        check_index(name, index, num_rows)
-        if index.device != x.device:
-            raise ValueError(f"{name} is on {index.device} but x is on {x.device}")
     if isinstance(scale, Tensor):
         if scale.dim() > 1 or (scale.dim() == 1 and scale.shape[0] != num_rows):
             raise ValueError(f"scale must be a float, a 0-d tensor or ({num_rows},) per row, got {tuple(scale.shape)}")
         if not scale.is_floating_point():
             raise ValueError(f"scale must be a floating-point tensor, got {scale.dtype}")
-        if scale.device != x.device:
-            raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+        if scale.device != device:
+            raise ValueError(f"scale is on {scale.device} but x is on {device}")
     elif not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or a tensor, got {type(scale).__name__}")
-    if plan is not None:
-        if not isinstance(plan, RoutePlan):
-            raise TypeError(f"plan must be a RoutePlan from lora_route.plan_routes, got {type(plan).__name__}")
-        if plan.num_rows != num_rows:
-            raise ValueError(f"plan was built for {plan.num_rows} rows but x has {num_rows}")
-        if plan.row_order.device != x.device:
-            raise ValueError(f"plan is on {plan.row_order.device} but x is on {x.device}")
-        if not torch.compiler.is_compiling():
-            plan.check_built_from(a_idx, b_idx, u_idx)
-        if plan.index_bounds is not None:
-            (_, max_a), (_, max_b), (_, max_u) = plan.index_bounds
-            _raise_if_out_of_range((max_a, max_u, max_b), A, B, U)
+    if plan is not None and _plan_vouches(plan, num_rows, device, a_idx, b_idx, u_idx, A, B, U):
+        return num_rows
+    for name, index in (("a_idx", a_idx), ("b_idx", b_idx), ("u_idx", u_idx)):
+        if index is None:
+            continue
+        check_index(name, index, num_rows)
+        if index.device != device:
+            raise ValueError(f"{name} is on {index.device} but x is on {device}")
     return num_rows
+
+
+def _plan_vouches(plan, num_rows, device, a_idx, b_idx, u_idx, A, B, U) -> bool:
+    """Raise unless ``plan`` fits a call of ``num_rows`` rows on ``device`` with these banks; True when it vouches for
+    the index tensors: :func:`plan_routes` built it from these very tensors (it checked their dtype, shape and device)
+    and none changed since, so the call need not check them again."""
+    if not isinstance(plan, RoutePlan):
+        raise TypeError(f"plan must be a RoutePlan from lora_route.plan_routes, got {type(plan).__name__}")
+    if plan.num_rows != num_rows:
+        raise ValueError(f"plan was built for {plan.num_rows} rows but x has {num_rows}")
+    if plan.row_order.device != device:
+        raise ValueError(f"plan is on {plan.row_order.device} but x is on {device}")
+    vouches = plan.indices is not None and not torch.compiler.is_compiling()
+    if vouches:
+        plan.check_built_from(a_idx, b_idx, u_idx)
+    if plan.index_bounds is not None:
+        (_, max_a), (_, max_b), (_, max_u) = plan.index_bounds
+        _raise_if_out_of_range((max_a, max_u, max_b), A, B, U)
+    return vouches
 
 
 def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
     num_rows = _validate(x, weight, bias, A, B, U, a_idx, b_idx, u_idx, scale, plan)
-    lead_shape = x.shape[:-1]
-    x2d = x.reshape(num_rows, x.shape[-1])
+    flat = x.dim() == 2
+    x2d = x if flat else x.reshape(num_rows, x.shape[-1])
     if not x2d.is_contiguous():
         x2d = x2d.contiguous()
     if isinstance(scale, Tensor):
@@ -243,7 +254,7 @@ def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
         scale_value = 1.0
     else:
         row_scale, scale_value = None, float(scale)
-    name = resolve_backend(backend, x, A.shape[1], weight)
+    name = resolve_backend_cached(backend, x, A.shape[1], weight, num_rows)
     plan_tensors = plan.tensors() if plan is not None else (None, None, None, None)
     check_indices = plan is None or plan.index_bounds is None
     args = (x2d, weight, bias, A.contiguous(), B.contiguous(), U.contiguous() if U is not None else None,
@@ -252,10 +263,10 @@ def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
             isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias, A, B, U, row_scale))):
         out, _ = _routed_lora_forward(*args)
     else:
-        # Eager calls that record no graph (decoding) skip the custom op's dispatch: the same implementation, ~50 µs
-        # less host time per layer.
+        # Eager calls that record no autograd graph (decoding) skip the custom op's dispatch: the same implementation
+        # without the dispatcher's host time, which at decode sizes is more than the rest of the call.
         out, _ = _routed_lora_forward_impl(*args)
-    return out.reshape(*lead_shape, out.shape[-1])
+    return out if flat else out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def routed_lora_delta(

@@ -16,6 +16,8 @@ Two formulations of the same sums, chosen per call by the banks' size:
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -25,6 +27,7 @@ from lora_route.kernels.backend import Backend, RowRoutes
 
 # Largest share of the base GEMM's multiply-adds the dense formulation may add (one bank costs r/d of it).
 DENSE_MAX_SHARE = 0.5
+FORMULATIONS = ("dense", "segments")
 
 
 def uses_dense(A: Tensor, B: Tensor) -> bool:
@@ -32,6 +35,21 @@ def uses_dense(A: Tensor, B: Tensor) -> bool:
     n_a, rank, d_in = A.shape
     n_b, d_out, _ = B.shape
     return n_a * rank <= DENSE_MAX_SHARE * d_out and n_b * rank <= DENSE_MAX_SHARE * d_in
+
+
+@contextmanager
+def forced_formulation(name: str) -> Iterator[None]:
+    """Inside the block every call of this backend takes formulation ``name`` (one of :data:`FORMULATIONS`), whatever
+    the banks' size (benchmarks and tests measure each on the same banks). Not thread-safe."""
+    global DENSE_MAX_SHARE
+    if name not in FORMULATIONS:
+        raise ValueError(f"unknown formulation {name!r}; choose one of {', '.join(map(repr, FORMULATIONS))}")
+    previous = DENSE_MAX_SHARE
+    DENSE_MAX_SHARE = float("inf") if name == "dense" else 0.0
+    try:
+        yield
+    finally:
+        DENSE_MAX_SHARE = previous
 
 
 def _select(values: Tensor, index: Tensor, rank: int) -> Tensor:
@@ -67,13 +85,15 @@ def _row_scales(row_scale: Tensor | None, scale: float, active: Tensor, dtype: t
 
 
 # B laid out as (n_b·r, d_out) for the expand GEMM, kept per bank tensor while it is unchanged and no graph is recorded
-# (decoding calls the same layer with the same banks at every step).
+# (decoding calls the same layer with the same banks at every step). Bypassed while a CUDA graph is being captured, so
+# that the graph derives the layout from B at every replay instead of reading a copy that a later update of B leaves
+# stale.
 _EXPAND_LAYOUTS: dict[int, tuple[weakref.ref, tuple[int, int], Tensor]] = {}
 
 
 def _expand_layout(B: Tensor) -> Tensor:
     """B (n_b, d_out, r) as (n_b·r, d_out), block ``b`` holding ``B[b]ᵀ``."""
-    if torch.is_grad_enabled() or B.is_inference():
+    if torch.is_grad_enabled() or B.is_inference() or (B.is_cuda and torch.cuda.is_current_stream_capturing()):
         return B.transpose(1, 2).reshape(B.shape[0] * B.shape[2], B.shape[1])
     key = (B._version, B.data_ptr())
     cached = _EXPAND_LAYOUTS.get(id(B))

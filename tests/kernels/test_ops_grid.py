@@ -93,12 +93,8 @@ def _require_backend(backend: str) -> None:
 @contextmanager
 def _formulation(backend: str | None):
     """Run the torch backend in one formulation: dense for "torch", segments for "torch-segments"."""
-    share = torch_backend.DENSE_MAX_SHARE
-    torch_backend.DENSE_MAX_SHARE = 0.0 if backend == "torch-segments" else float("inf")
-    try:
+    with torch_backend.forced_formulation("segments" if backend == "torch-segments" else "dense"):
         yield backend.split("-")[0] if backend is not None else None
-    finally:
-        torch_backend.DENSE_MAX_SHARE = share
 
 
 def _pattern_indices(pattern: str, rows: int, bank: int, generator: torch.Generator, offset: int) -> torch.Tensor:
@@ -391,6 +387,16 @@ def test_row_tiles_cover_every_active_row_once(rows, pattern, block_m):
         assert int(plan.segment_starts[segment]) <= start < end
         covered.extend(range(start, end))
     assert sorted(covered) == list(range(int((a_idx >= 0).sum())))
+
+
+def test_host_launch_arithmetic_matches_tritons():
+    import triton
+
+    kernels = _triton_kernels()
+    for n in range(300):
+        assert kernels._next_power_of_2(n) == triton.next_power_of_2(n), n
+        for divisor in (1, 16, 64, 128):
+            assert kernels._cdiv(n, divisor) == triton.cdiv(n, divisor), (n, divisor)
 
 
 def test_unsupported_reason_names_the_problem(monkeypatch):

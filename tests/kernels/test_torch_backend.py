@@ -91,6 +91,20 @@ def test_the_dense_formulation_is_used_while_the_banks_are_small():
     assert not torch_backend.uses_dense(*banks(3, 128, 96, 96))
 
 
+def test_a_formulation_can_be_forced_for_a_block():
+    A, B = torch.zeros(30, 16, 640), torch.zeros(30, 2048, 16)
+    assert not torch_backend.uses_dense(A, B)
+    with torch_backend.forced_formulation("dense"):
+        assert torch_backend.uses_dense(A, B)
+        with torch_backend.forced_formulation("segments"):
+            assert not torch_backend.uses_dense(A[:1], B[:1])
+        assert torch_backend.uses_dense(A, B)
+    assert not torch_backend.uses_dense(A, B) and torch_backend.uses_dense(A[:3], B[:3])
+    with pytest.raises(ValueError, match="unknown formulation 'sparse'"):
+        with torch_backend.forced_formulation("sparse"):
+            pass
+
+
 def test_a_dense_decode_call_never_synchronises_or_loops_over_segments(monkeypatch):
     """The segment formulation reads the plan's segments on the host (a sync and a Python loop per layer); decode
     calls with few banks must not."""

@@ -169,6 +169,22 @@ def test_a_plan_is_refused_with_indices_it_was_not_built_from(backend):
         routed_lora_delta(x, A, B, out_of_range, out_of_range, plan=plan, backend=backend)
 
 
+def test_a_plan_from_plan_routes_vouches_for_its_indices(monkeypatch):
+    """plan_routes checked the index tensors once; the layers that reuse its plan do not check them again."""
+    from lora_route.kernels import op
+
+    x, A, B, a_idx, b_idx = _args()
+    checked = []
+    monkeypatch.setattr(op, "check_index", lambda name, index, num_rows=None: checked.append(name))
+    plan = lora_route.plan_routes(a_idx, b_idx)
+    routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan)
+    assert checked == []
+    routed_lora_delta(x, A, B, a_idx, b_idx)
+    assert checked == ["a_idx", "b_idx"]
+    with pytest.raises(ValueError, match="other index tensors"):
+        routed_lora_delta(x, A, B, a_idx, b_idx.clone(), plan=plan)
+
+
 def test_indices_changed_in_place_after_planning_are_refused():
     x, A, B, a_idx, b_idx = _args()
     plan = lora_route.plan_routes(a_idx, b_idx)
