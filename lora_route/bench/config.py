@@ -2,13 +2,15 @@
 
 A preset fixes every size so that two runs of the same preset on two devices measure the same thing. ``gpu`` is the
 run behind the project's speed targets (Llama-3-8B and Gemma 3 270M MLP shapes, 4096-token prefill, decode of 1-256
-sequences); ``cpu-smoke`` and ``minimal`` shrink every size so the same code path finishes on a CPU (the Triton
-backend then runs under ``TRITON_INTERPRET=1``). Smoke runs check plumbing; their timings are no performance evidence.
+sequences); ``gpu-quick`` measures only what the targets need, in under three minutes on an H200; ``cpu-smoke``
+and ``minimal`` shrink every size so the same code path finishes on a CPU (the Triton backend then runs under
+``TRITON_INTERPRET=1``). Smoke runs check plumbing; their timings are no performance evidence. ``host-overhead`` runs
+only the host time per routed call at decode sizes (:class:`HostOverheadSpec`), which every other preset measures too.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, is_dataclass, replace
 
 import torch
 
@@ -25,6 +27,13 @@ TRAIN_PROVIDERS = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Six languages give the 30 ordered translation directions of the targets' mixed batch.
 LANGUAGES = ("en", "de", "zh", "ru", "cs", "fr")
+
+
+def json_native(spec) -> dict:
+    """The fields of dataclass instance ``spec`` as JSON-native values (nested dataclasses as dicts, tuples as lists)."""
+    if not is_dataclass(spec) or isinstance(spec, type):
+        raise ValueError(f"expected a dataclass instance, got {type(spec).__name__}")
+    return json.loads(json.dumps(asdict(spec)))
 
 
 @dataclass(frozen=True)
@@ -99,9 +108,33 @@ class TrainModelSpec:
 
 
 @dataclass(frozen=True)
+class HostOverheadSpec:
+    """Host time per ``routed_linear`` call at decode sizes: ``rows`` rows routed at random over ``num_a`` A and
+    ``num_b`` B experts of rank ``rank``, for each ``(d_in, d_out)`` of ``layers``; each timed repetition makes
+    ``calls`` calls."""
+
+    rows: int = 64
+    num_a: int = 30
+    num_b: int = 30
+    rank: int = 16
+    # A layer where the GEMMs cost next to nothing, and the Gemma 3 270M gate projection.
+    layers: tuple[tuple[int, int], ...] = ((64, 64), (640, 2048))
+    calls: int = 50
+
+    def __post_init__(self):
+        for field in ("rows", "num_a", "num_b", "rank", "calls"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"HostOverheadSpec: {field} must be >= 1, got {getattr(self, field)}")
+        if not self.layers or any(len(layer) != 2 or min(layer) < 1 for layer in self.layers):
+            raise ValueError(f"HostOverheadSpec: layers must be (d_in, d_out) pairs of sizes >= 1, got {self.layers}")
+
+
+@dataclass(frozen=True)
 class BenchPreset:
-    """Every size of one run. ``reps``/``warmup`` count CPU repetitions; ``rep_ms``/``warmup_ms`` are the
-    ``triton.testing.do_bench`` budgets on a GPU (``train_rep_ms`` for the end-to-end step)."""
+    """Every size of one run. ``reps``/``warmup`` count CPU repetitions (and the host-overhead repetitions on every
+    device); ``rep_ms``/``warmup_ms`` are the ``triton.testing.do_bench`` budgets on a GPU (``train_rep_ms`` for the
+    end-to-end step). No ``shapes``: no layer benchmark; no ``train``: no training step; no ``host_overhead``: no
+    host-overhead section."""
 
     name: str
     shapes: tuple[MLPShape, ...]
@@ -116,6 +149,7 @@ class BenchPreset:
     rep_ms: int = 200
     warmup_ms: int = 50
     train_rep_ms: int = 3000
+    host_overhead: HostOverheadSpec | None = None
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -128,6 +162,8 @@ class BenchPreset:
             raise ValueError(f"unknown popularity {sorted(unknown)}; choose from {POPULARITIES}")
         if self.reps < 1 or self.warmup < 0:
             raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={self.reps}, warmup={self.warmup}")
+        if not (self.shapes or self.train or self.host_overhead):
+            raise ValueError(f"preset {self.name!r} measures nothing: no shapes, no training model, no host overhead")
 
     def workloads(self) -> list[Workload]:
         """Forward and forward+backward at ``prefill_tokens``, then decode at each ``decode_sequences``."""
@@ -141,7 +177,7 @@ class BenchPreset:
 
     def to_dict(self) -> dict:
         """JSON-native fields (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        return json_native(self)
 
     def with_overrides(self, **changes) -> "BenchPreset":
         """A copy with some fields replaced (``None`` values are ignored); re-validated."""
@@ -153,6 +189,9 @@ GEMMA3_270M_MLP = MLPShape("gemma3_270m_mlp", hidden=640, ffn=2048, rank=16, num
 TINY_MLP = MLPShape("tiny_mlp", hidden=64, ffn=160, rank=4, num_adapters=30, activation="silu")
 TINY_GEMMA_MLP = MLPShape("tiny_gemma_mlp", hidden=48, ffn=96, rank=4, num_adapters=30, activation="gelu_tanh")
 
+GPU_TRAIN_MODEL = TrainModelSpec(hidden=2048, intermediate=5632, layers=8, heads=32, kv_heads=4, vocab=32000,
+                                 sequences=32, seq_len=128)
+
 PRESETS = {
     "gpu": BenchPreset(
         name="gpu",
@@ -162,11 +201,32 @@ PRESETS = {
         decode_sequences=(1, 16, 64, 256),
         popularities=POPULARITIES,
         # A TinyLlama-width model, 8 layers: big enough that the MLP LoRA dominates the adapter cost.
-        train=TrainModelSpec(hidden=2048, intermediate=5632, layers=8, heads=32, kv_heads=4, vocab=32000,
-                             sequences=32, seq_len=128),
+        train=GPU_TRAIN_MODEL,
         dtype="bfloat16",
         reps=20,
         warmup=3,
+        host_overhead=HostOverheadSpec(),
+    ),
+    # The targets' workloads alone, on an H200 in under three minutes (estimated, not yet measured): 8 layer workloads
+    # x 8 providers x ~0.15 s (do_bench's 10 + 50 ms, preparing the provider, the float32 reference) ~ 10 s; 4 decode
+    # workloads x 6 graph captures and replays ~ 3 s; 15 training steps x ~2 s (a copy of the model, a first step,
+    # 0.5 s timed) ~ 30 s; host overhead ~ 5 s; Triton's first compile of each kernel specialisation on a fresh
+    # machine ~ 1 min.
+    "gpu-quick": BenchPreset(
+        name="gpu-quick",
+        shapes=(LLAMA3_8B_MLP,),
+        prefill_tokens=4096,
+        prefill_seq_len=128,
+        decode_sequences=(64, 256),
+        popularities=("uniform", "zipf"),
+        train=GPU_TRAIN_MODEL,
+        dtype="bfloat16",
+        reps=10,
+        warmup=2,
+        rep_ms=50,
+        warmup_ms=10,
+        train_rep_ms=500,
+        host_overhead=HostOverheadSpec(calls=20),
     ),
     "cpu-smoke": BenchPreset(
         name="cpu-smoke",
@@ -180,6 +240,7 @@ PRESETS = {
         dtype="float32",
         reps=5,
         warmup=1,
+        host_overhead=HostOverheadSpec(calls=5),
     ),
     "minimal": BenchPreset(
         name="minimal",
@@ -193,5 +254,20 @@ PRESETS = {
         dtype="float32",
         reps=1,
         warmup=0,
+        host_overhead=HostOverheadSpec(layers=((64, 64),), calls=2),
+    ),
+    # Host time per routed call alone (every backend this device runs), e.g. before and after a change to the op.
+    "host-overhead": BenchPreset(
+        name="host-overhead",
+        shapes=(),
+        prefill_tokens=0,
+        prefill_seq_len=1,
+        decode_sequences=(),
+        popularities=(),
+        train=None,
+        dtype="float32",
+        reps=15,
+        warmup=3,
+        host_overhead=HostOverheadSpec(),
     ),
 }

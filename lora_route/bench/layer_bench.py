@@ -27,6 +27,7 @@ from lora_route.bench.timing import Timer, Timing
 from lora_route.kernels.dispatch import resolve_backend
 from lora_route.kernels.op import routed_linear
 from lora_route.kernels.plan import plan_routes
+from lora_route.kernels.torch_backend import uses_dense
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Relative error (max |out - ref| / max |ref|) below which an output counts as agreeing with the reference.
@@ -222,6 +223,18 @@ class LayerBench:
             # PEFT refuses adapter_names in training mode; its own message is the skip reason.
             raise ProviderUnavailable(f"{type(error).__name__}: {error}") from error
         return PreparedCall(run=forward_backward, forward=forward_no_grad, rows=rows, grad_to_none=[x_in, *params])
+
+    def synchronising_reason(self, provider: str) -> str | None:
+        """Why ``provider``'s decode call synchronises with the host on this shape (so no CUDA graph can record it);
+        None when it does not: the torch backend's segments formulation, taken for banks too large for the dense
+        one, reads the plan's segments on the host."""
+        if provider != "lora_route_torch":
+            return None
+        segmented = [name for name in PROJECTIONS if not uses_dense(self.banks.A[name], self.banks.B[name])]
+        if not segmented:
+            return None
+        return (f"the torch backend takes its segments formulation on {', '.join(segmented)} at these bank sizes, "
+                "which reads the plan on the host (a synchronisation)")
 
     # ----------------------------------------------------------------------------------- correctness
     def relative_error(self, output: Tensor, x: Tensor, rows: Tensor) -> float:

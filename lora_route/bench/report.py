@@ -13,7 +13,8 @@ import torch
 from lora_route import __version__, backends
 from lora_route.kernels.plan import SHAPE_CLASSES, shape_class
 
-SCHEMA_VERSION = 1
+# 2: host_overhead section, graph_* fields of decode rows, time budget in settings.
+SCHEMA_VERSION = 2
 RATIO_REFERENCES = ("base", "peft_single", "peft_mixed")
 
 
@@ -75,14 +76,20 @@ def environment(device: torch.device) -> dict:
 
 def add_ratios(layer_results: list[dict]) -> None:
     """Set ``ratio_to_<ref>`` = median / the median of provider ``ref`` on the same shape, workload and popularity
-    (None where either did not run), for every ref in :data:`RATIO_REFERENCES`. In place."""
+    (None where either did not run), for every ref in :data:`RATIO_REFERENCES`, and ``graph_ratio_to_base`` = the
+    graph replay's median / the base layer's replay median. In place."""
     medians = {(r["shape"], r["workload"], r["popularity"], r["provider"]): r["median_ms"]
                for r in layer_results if r["status"] == "ok"}
+    graph_medians = {(r["shape"], r["workload"], r["popularity"]): r["graph_median_ms"]
+                     for r in layer_results if r["provider"] == "base" and r.get("graph_status") == "ok"}
     for row in layer_results:
         for reference in RATIO_REFERENCES:
             ref = medians.get((row["shape"], row["workload"], row["popularity"], reference))
             ok = row["status"] == "ok" and ref is not None and ref > 0
             row[f"ratio_to_{reference}"] = row["median_ms"] / ref if ok else None
+        base_graph = graph_medians.get((row["shape"], row["workload"], row["popularity"]))
+        ok = row.get("graph_status") == "ok" and base_graph is not None and base_graph > 0
+        row["graph_ratio_to_base"] = row["graph_median_ms"] / base_graph if ok else None
 
 
 def add_training_ratios(training_results: list[dict]) -> None:

@@ -6,15 +6,17 @@ by measurement picks). Training targets take the slower mixed-batch method (molo
 fastest backend) against the faster single-LoRA provider (PEFT or lora_route's ``lora`` method; see
 :func:`lora_route.bench.report.add_training_ratios`); memory is peak allocated bytes on a GPU, saved
 activation bytes elsewhere. A target counts as
-``met`` only in a run under its conditions (an H100, bfloat16, the Llama-3-8B shape); otherwise ``met`` is None and
-``within_threshold`` still compares the numbers.
+``met`` only in a run under its conditions (a Hopper data-centre GPU — compute capability 9.0: H100, H200 —,
+bfloat16, the Llama-3-8B shape); otherwise ``met`` is None and ``within_threshold`` still compares the numbers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 TARGET_SHAPE = "llama3_8b_mlp"
-TARGET_DEVICE = "H100"
+# Hopper data-centre GPUs (H100, H200): the compute capability that environment() records for a CUDA device.
+TARGET_COMPUTE_CAPABILITY = "9.0"
+TARGET_DEVICE = f"Hopper GPU (compute capability {TARGET_COMPUTE_CAPABILITY}: H100, H200)"
 TARGET_DTYPE = "bfloat16"
 FAST_BACKEND_PROVIDERS = ("lora_route_triton", "lora_route_triton_fused", "lora_route_cuda")
 MIXED_METHODS = ("lora_route_molora_static", "lora_route_crosslora")
@@ -89,20 +91,29 @@ def _train_measure(training_results: list[dict], ratio_key: str) -> tuple[float 
     return measured, details
 
 
+def on_target_device(environment: dict) -> bool:
+    """Whether a run's ``environment`` (:func:`lora_route.bench.report.environment`) is a target device: a CUDA device
+    of compute capability :data:`TARGET_COMPUTE_CAPABILITY`."""
+    if not isinstance(environment, dict):
+        raise ValueError(f"environment must be a dict, got {type(environment).__name__}")
+    return (environment.get("device_type") == "cuda"
+            and environment.get("compute_capability") == TARGET_COMPUTE_CAPABILITY)
+
+
 def evaluate_targets(layer_results: list[dict], training_results: list[dict], environment: dict,
                      dtype: str) -> list[dict]:
     """One entry per :data:`TARGETS`: threshold, measured (None when the run lacks the workload), met, details."""
     shape = _target_shape(layer_results)
-    on_target_device = TARGET_DEVICE in environment.get("device_name", "") and dtype == TARGET_DTYPE
+    target_conditions = on_target_device(environment) and dtype == TARGET_DTYPE
     entries = []
     for target in TARGETS:
         if target.workload is not None:
             measured, details = _layer_measure(target, layer_results, shape)
-            conditions = on_target_device and shape == TARGET_SHAPE
+            conditions = target_conditions and shape == TARGET_SHAPE
         else:
             key = "time_ratio_to_single_lora" if "time" in target.name else "memory_ratio_to_single_lora"
             measured, details = _train_measure(training_results, key)
-            conditions = on_target_device
+            conditions = target_conditions
         within = None if measured is None else measured <= target.threshold
         entries.append({
             "name": target.name,

@@ -1,5 +1,5 @@
-"""``lora-route bench``: run the benchmark of :mod:`lora_route.bench` and write its JSON + PNG (also
-``benchmarks/run_benchmarks.py``)."""
+"""``lora-route bench``: run the benchmark of :mod:`lora_route.bench`, write its JSON, PNG and text summary and print
+the summary (also ``benchmarks/run_benchmarks.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="end-to-end training-step providers")
     parser.add_argument("--no-layers", action="store_true", help="skip the layer-level benchmark")
     parser.add_argument("--no-training", action="store_true", help="skip the end-to-end training step")
+    parser.add_argument("--no-host-overhead", action="store_true",
+                        help="skip the host time per routed call at decode sizes")
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="seconds after which measurements not yet started are recorded as skipped (the results "
+                             "are still written); default: no budget")
     parser.add_argument("--reps", type=int, default=None, help="CPU: timed repetitions per measurement")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="CPU: torch threads while measuring (default 1; 0 keeps torch's setting)")
@@ -44,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark described by parsed ``args``; print the output paths and the targets."""
+    """Run the benchmark described by parsed ``args``; print the text summary and the output paths."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = PRESETS[args.preset or ("gpu" if device == "cuda" else "cpu-smoke")]
     if args.shapes:
@@ -56,13 +61,11 @@ def run(args: argparse.Namespace) -> int:
     preset = preset.with_overrides(dtype=args.dtype, reps=args.reps)
     result = run_benchmark(preset, device=device, layer_providers=args.providers,
                            train_providers=args.train_providers, run_layers=not args.no_layers,
-                           run_training=not args.no_training, seed=args.seed,
-                           cpu_threads=args.cpu_threads or None)
-    json_path, png_path = write_results(result, args.out_dir, args.name)
-    print(f"wrote {json_path}\nwrote {png_path}")
-    for target in result["targets"]:
-        measured = "n/a" if target["measured"] is None else f"{target['measured']:.3f}"
-        print(f"target {target['name']}: {target['target']}, measured {measured}, met {target['met']}")
+                           run_training=not args.no_training, run_host_overhead=not args.no_host_overhead,
+                           seed=args.seed, cpu_threads=args.cpu_threads or None, time_budget_s=args.time_budget_s)
+    paths = write_results(result, args.out_dir, args.name)
+    print(paths[2].read_text(encoding="utf-8"), end="")
+    print("\n".join(f"wrote {path}" for path in paths))
     return 0
 
 

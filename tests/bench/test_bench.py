@@ -1,16 +1,26 @@
-"""The benchmark's plumbing on CPU: the minimal smoke run's JSON schema and PNG, the targets' met logic, the naive
-loop and the popularity draws. Timings are never checked."""
+"""The benchmark's plumbing on CPU: the minimal smoke run's JSON schema, PNG and text summary, the host-overhead
+section, the graph fields, the time budget, the targets' met logic, the naive loop and the popularity draws. Timings
+are never checked."""
+import dataclasses
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from lora_route.bench.config import LAYER_PROVIDERS, PRESETS, Workload
+from lora_route.bench.budget import TimeBudget
+from lora_route.bench.config import LAYER_PROVIDERS, PRESETS, BenchPreset, HostOverheadSpec, Workload
+from lora_route.bench.host_overhead import HOST_PROVIDERS
 from lora_route.bench.layer_bench import AGREEMENT_TOLERANCE, LayerBench
 from lora_route.bench.naive import group_rows, naive_loop_linear
 from lora_route.bench.report import auto_preference
 from lora_route.bench.runner import run_benchmark, write_results
+from lora_route.bench.summary import format_summary
 from lora_route.bench.targets import TARGETS, evaluate_targets
 from lora_route.bench.timing import Timer, summarize
 from lora_route.bench.workloads import row_adapters, sequence_adapters
@@ -20,9 +30,11 @@ from lora_route.kernels.plan import shape_class
 
 LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kind", "tokens", "sequences", "seq_len",
               "popularity", "active_adapters", "provider", "status", "reason", "timing", "median_ms",
-              "max_rel_error", "agrees_with_reference", "ratio_to_base", "ratio_to_peft_single", "ratio_to_peft_mixed"}
+              "max_rel_error", "agrees_with_reference", "ratio_to_base", "ratio_to_peft_single", "ratio_to_peft_mixed",
+              "graph_status", "graph_reason", "graph_median_ms", "graph_max_rel_error", "graph_ratio_to_base"}
 TRAIN_KEYS = {"provider", "backend", "tokens", "status", "reason", "step_median_ms", "time_ratio_to_single_lora",
               "memory_metric", "memory_ratio_to_single_lora"}
+ROOT = Path(__file__).resolve().parents[2]
 # The Triton interpreter takes seconds per call; the smoke test leaves it to the committed CPU smoke run.
 SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p not in ("lora_route_triton", "lora_route_triton_fused"))
 
@@ -31,17 +43,19 @@ SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p not in ("lora_rout
 def smoke_run(tmp_path_factory):
     result = run_benchmark(PRESETS["minimal"], device="cpu", layer_providers=SMOKE_LAYER_PROVIDERS, log=lambda _: None)
     out = tmp_path_factory.mktemp("bench")
-    json_path, png_path = write_results(result, out)
-    return result, json_path, png_path
+    json_path, png_path, text_path = write_results(result, out)
+    return result, json_path, png_path, text_path
 
 
-def test_smoke_run_writes_json_and_png(smoke_run):
-    result, json_path, png_path = smoke_run
+def test_smoke_run_writes_json_png_and_summary(smoke_run):
+    result, json_path, png_path, text_path = smoke_run
     assert json_path.name == "cpu_minimal.json" and png_path.name == "cpu_minimal.png"
+    assert text_path.name == "cpu_minimal.txt" and text_path.read_text() == format_summary(result) + "\n"
     assert json.loads(json_path.read_text()) == result
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(json_path.parent.glob(".*")), "a temporary file was left behind"
-    assert json_path.stat().st_mode & 0o044 and png_path.stat().st_mode & 0o044, "outputs must be readable by others"
+    for path in (json_path, png_path, text_path):
+        assert path.stat().st_mode & 0o044, "outputs must be readable by others"
     assert result["kind"] == "cpu_smoke" and result["performance_evidence"] is False
     assert "CPU SMOKE RUN" in result["label"]
     env = result["environment"]
@@ -49,8 +63,103 @@ def test_smoke_run_writes_json_and_png(smoke_run):
         assert key in env
 
 
+def test_smoke_host_overhead_section(smoke_run):
+    result, *_ = smoke_run
+    section = result["host_overhead"]
+    spec = PRESETS["minimal"].host_overhead
+    assert section["spec"]["layers"] == [list(layer) for layer in spec.layers] and section["dtype"] == "float32"
+    rows = {(r["layer"], r["provider"], r["plan"]): r for r in section["results"]}
+    assert len(rows) == len(section["results"]) == len(spec.layers) * (2 * len(HOST_PROVIDERS) - 1)
+    for (layer, provider, plan), row in rows.items():
+        if provider in ("triton", "triton_fused", "cuda"):  # never the Triton interpreter's times
+            assert row["status"] == "skipped" and "CUDA only" in row["reason"] and row["host_us"] is None
+        else:
+            assert row["status"] == "ok" and row["host_us"] > 0 and row["wall_us"] is None, row
+            assert row["ratio_to_f_linear"] == pytest.approx(row["host_us"] / rows[(layer, "f_linear", None)]["host_us"])
+            assert (plan is None) == (provider == "f_linear")
+
+
+def test_smoke_decode_rows_say_why_they_have_no_graph_replay(smoke_run):
+    result, *_ = smoke_run
+    for row in result["layer_results"]:
+        assert row["graph_status"] == "skipped" and row["graph_median_ms"] is None and row["graph_ratio_to_base"] is None
+        if row["status"] != "ok":
+            assert row["graph_reason"] == "the eager call did not run"
+        elif row["kind"] == "decode":
+            assert row["graph_reason"] == "CUDA graphs need a CUDA device; this run is on cpu"
+        else:
+            assert row["graph_reason"] == "graph replay is measured for decode workloads only"
+
+
+def test_summary_fits_one_screen_and_names_every_target(smoke_run):
+    result, *_ = smoke_run
+    text = format_summary(result)
+    lines = text.splitlines()
+    assert len(lines) <= 60 and max(map(len, lines)) <= 125
+    assert lines[0].startswith("== CPU SMOKE RUN") and "versions: python" in text
+    for target in result["targets"]:
+        assert target["name"] in text
+    assert "peft_mixed  forward_4096           H100    5.8x" in text
+    assert "auto_preference (fastest first): decode: torch" in text
+    assert "decode on tiny_gemma_mlp, uniform popularity" in text
+    assert "host time per routed_linear call: 64 rows, random over 30 A x 30 B experts, r=16, float32\n" in text
+    assert "  µs per call, with a prebuilt plan | without, per layer (d_in x d_out):" in text
+    assert re.search(r"^  torch_segments +[0-9.]+ \| [0-9.]+$", text, flags=re.MULTILINE)
+    assert "provider errors: 0; skipped:" in text
+
+
+def test_summary_reads_a_result_of_the_first_schema(smoke_run):
+    result, *_ = smoke_run
+    old = {key: value for key, value in result.items() if key != "host_overhead"}
+    old["layer_results"] = [{k: v for k, v in row.items() if not k.startswith("graph_")}
+                            for row in result["layer_results"]]
+    text = format_summary(old)
+    assert "host overhead: not measured" in text and "decode on tiny_gemma_mlp" in text
+    with pytest.raises(ValueError, match="must be a benchmark result dict"):
+        format_summary({"layer_results": []})
+
+
+def test_a_spent_time_budget_skips_what_is_left_and_still_returns_every_row():
+    preset = PRESETS["minimal"]
+    result = run_benchmark(preset, device="cpu", layer_providers=("base", "lora_route_torch"),
+                           train_providers=("lora_route_lora",), time_budget_s=1e-9, log=lambda _: None)
+    rows = result["layer_results"] + result["training_results"] + result["host_overhead"]["results"]
+    assert len(result["layer_results"]) == 2 * len(preset.workloads())
+    assert rows and all(r["status"] == "skipped" and "time budget of 1e-09 s ran out" in r["reason"] for r in rows)
+    assert result["settings"]["time_budget_s"] == 1e-9 and result["settings"]["time_budget_spent"] is True
+    assert all(plan["timing"] is None for plan in result["plan_results"])
+    assert "(" + str(len(rows)) + " for the time budget)" in format_summary(result)
+    with pytest.raises(ValueError, match="a time budget must be > 0 seconds"):
+        TimeBudget(0)
+
+
+def test_sections_run_only_when_asked_for_and_present():
+    preset = PRESETS["minimal"]
+    result = run_benchmark(preset, device="cpu", run_layers=False, run_training=False, log=lambda _: None)
+    assert result["layer_results"] == [] and result["training_results"] == [] and result["training_model"] is None
+    assert result["host_overhead"]["results"]
+    with pytest.raises(ValueError, match="nothing to run: preset 'host-overhead' has none of the sections"):
+        run_benchmark(PRESETS["host-overhead"], device="cpu", run_host_overhead=False, log=lambda _: None)
+    with pytest.raises(ValueError, match="measures nothing"):
+        BenchPreset(name="empty", shapes=(), prefill_tokens=0, prefill_seq_len=1, decode_sequences=(),
+                    popularities=(), train=None, dtype="float32", reps=1, warmup=0)
+    with pytest.raises(ValueError, match="calls must be >= 1"):
+        HostOverheadSpec(calls=0)
+    with pytest.raises(ValueError, match="layers must be"):
+        HostOverheadSpec(layers=((64,),))
+
+
+def test_the_quick_gpu_preset_holds_what_the_targets_need():
+    quick, full = PRESETS["gpu-quick"], PRESETS["gpu"]
+    assert [shape.name for shape in quick.shapes] == ["llama3_8b_mlp"] and quick.train == full.train
+    workloads = {w.name for w in quick.workloads()}
+    assert {t.workload for t in TARGETS if t.workload} == workloads
+    assert set(quick.popularities) == {"uniform", "zipf"} and quick.dtype == full.dtype
+    assert quick.rep_ms < full.rep_ms and quick.train_rep_ms < full.train_rep_ms
+
+
 def test_smoke_layer_results_schema_and_agreement(smoke_run):
-    result, _, _ = smoke_run
+    result, *_ = smoke_run
     rows = result["layer_results"]
     workloads = PRESETS["minimal"].workloads()
     assert len(rows) == len(workloads) * len(SMOKE_LAYER_PROVIDERS)
@@ -117,7 +226,7 @@ def test_auto_dispatch_follows_the_preference_of_the_calls_shape_class(monkeypat
 
 
 def test_smoke_training_results(smoke_run):
-    result, _, _ = smoke_run
+    result, *_ = smoke_run
     rows = result["training_results"]
     for row in rows:
         assert TRAIN_KEYS <= row.keys(), TRAIN_KEYS - row.keys()
@@ -148,7 +257,7 @@ def _train_row(provider, backend, time_ratio, memory_ratio):
             "memory_ratio_to_single_lora": memory_ratio, "memory_metric": "peak_allocated_bytes"}
 
 
-def test_targets_take_worst_popularity_best_backend_and_need_h100():
+def test_targets_take_worst_popularity_best_backend_and_need_a_hopper_gpu():
     layer = [
         _layer_row("lora_route_triton", "forward_4096", "uniform", 1.08),
         _layer_row("lora_route_cuda", "forward_4096", "uniform", 1.02),
@@ -160,7 +269,7 @@ def test_targets_take_worst_popularity_best_backend_and_need_h100():
     training = [_train_row("lora_route_molora_static", "triton", 1.05, 1.01),
                 _train_row("lora_route_molora_static", "cuda", 1.20, 1.00),
                 _train_row("lora_route_crosslora", "triton", 1.08, 1.10)]
-    h100 = {"device_name": "NVIDIA H100 80GB HBM3", "device_type": "cuda"}
+    h100 = {"device_name": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "compute_capability": "9.0"}
     targets = {t["name"]: t for t in evaluate_targets(layer, training, h100, "bfloat16")}
     forward = targets["forward_4096_vs_base"]
     assert forward["measured"] == pytest.approx(1.20) and forward["met"] is False
@@ -171,7 +280,10 @@ def test_targets_take_worst_popularity_best_backend_and_need_h100():
     assert targets["train_step_time_vs_single_lora"]["met"] is True
     assert targets["train_step_memory_vs_single_lora"]["measured"] == pytest.approx(1.10)
     assert targets["train_step_memory_vs_single_lora"]["met"] is False
-    a100 = {"device_name": "NVIDIA A100-SXM4-80GB", "device_type": "cuda"}
+    h200 = {"device_name": "NVIDIA H200", "device_type": "cuda", "compute_capability": "9.0"}
+    assert evaluate_targets(layer, training, h200, "bfloat16") == list(targets.values())
+    assert all(t["met"] is None for t in evaluate_targets(layer, training, h200, "float16"))
+    a100 = {"device_name": "NVIDIA A100-SXM4-80GB", "device_type": "cuda", "compute_capability": "8.0"}
     for target in evaluate_targets(layer, training, a100, "bfloat16"):
         assert target["met"] is None
     assert {t["name"]: t["within_threshold"] for t in evaluate_targets(layer, training, a100, "bfloat16")}[
@@ -244,9 +356,26 @@ def test_cli_runs_a_layer_only_benchmark(tmp_path, capsys):
     data = json.loads((tmp_path / "cli_run.json").read_text())
     assert {r["provider"] for r in data["layer_results"]} == {"base", "lora_route_torch"}
     assert data["training_results"] == [] and (tmp_path / "cli_run.png").exists()
-    assert "target forward_4096_vs_base" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith((tmp_path / "cli_run.txt").read_text()) and "forward_4096_vs_base" in out
+    assert f"wrote {tmp_path / 'cli_run.txt'}" in out
     assert bench_main(["--preset", "minimal", "--shapes", "no_such_shape", "--out-dir", str(tmp_path)]) == 2
     assert "run_benchmarks: error: preset 'minimal' has no shape ['no_such_shape']" in capsys.readouterr().err
+
+
+def test_the_benchmark_script_runs_the_triton_kernels_in_the_interpreter_without_a_gpu(tmp_path):
+    """The script used to import the kernels before the run set TRITON_INTERPRET, so every Triton row was an error."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernels run on it")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "benchmarks/run_benchmarks.py", "--preset", "minimal", "--device", "cpu",
+                           "--no-training", "--no-host-overhead", "--providers", "base", "lora_route_triton",
+                           "--out-dir", str(tmp_path), "--name", "script"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "script.json").read_text())["layer_results"]
+    triton = [r for r in rows if r["provider"] == "lora_route_triton"]
+    assert triton and all(r["status"] == "ok" and r["agrees_with_reference"] for r in triton), triton[0]
 
 
 def test_a_failing_provider_is_recorded_and_the_run_goes_on():
@@ -259,9 +388,46 @@ def test_a_failing_provider_is_recorded_and_the_run_goes_on():
             raise RuntimeError("kernel launch failed")
 
     timer = Timer(torch.device("cpu"), reps=1, warmup=0, rep_ms=1, warmup_ms=0)
-    row = _measure_layer_provider(BrokenBench(), "lora_route_torch", None, None, None, None, timer, torch.float32)
+    row = _measure_layer_provider(BrokenBench(), "lora_route_torch", None, None, None, None, timer, torch.float32,
+                                  TimeBudget(None))
     assert row["status"] == "error" and row["reason"] == "RuntimeError: kernel launch failed"
-    assert row["median_ms"] is None
+    assert row["median_ms"] is None and row["graph_status"] == "skipped"
+
+
+def test_a_failed_capture_is_recorded_and_the_run_goes_on():
+    """A graph capture that raises becomes an error row (here the call fails, or the CPU machine has no CUDA)."""
+    from lora_route.bench.runner import _measure_graph
+
+    class CudaBench:
+        device = torch.device("cuda")
+
+        def synchronising_reason(self, provider):
+            return None
+
+    class Call:
+        rows = None
+
+        @staticmethod
+        def run():
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    timer = Timer(torch.device("cpu"), reps=1, warmup=0, rep_ms=1, warmup_ms=0)
+    decode = Workload("decode", 4, 1, "uniform")
+    fields = _measure_graph(CudaBench(), "lora_route_torch", decode, Call(), None, timer, TimeBudget(None))
+    assert fields["graph_status"] == "error" and fields["graph_reason"] and fields["graph_median_ms"] is None
+    spent = TimeBudget(1e-9)
+    assert _measure_graph(CudaBench(), "base", decode, Call(), None, timer, spent)["graph_reason"] == spent.skip_reason
+
+
+def test_the_torch_backends_segments_formulation_is_not_captured():
+    from lora_route.bench.config import TINY_GEMMA_MLP
+
+    bench = LayerBench(TINY_GEMMA_MLP, torch.device("cpu"), torch.float32, seed=0)  # 30 adapters of rank 4, d = 48
+    reason = bench.synchronising_reason("lora_route_torch")
+    assert "segments formulation on gate_proj, up_proj, down_proj" in reason
+    assert bench.synchronising_reason("lora_route_triton") is None
+    few = LayerBench(dataclasses.replace(TINY_GEMMA_MLP, num_adapters=2), torch.device("cpu"), torch.float32, seed=0)
+    assert few.synchronising_reason("lora_route_torch") is None
 
 
 @pytest.mark.cuda
@@ -274,3 +440,9 @@ def test_minimal_run_on_gpu_runs_every_available_backend(tmp_path):
     triton_rows = [r for r in result["layer_results"] if r["provider"] == "lora_route_triton"]
     assert triton_rows and all(r["status"] == "ok" and r["agrees_with_reference"] for r in triton_rows)
     assert all(r["peak_allocated_bytes"] > 0 for r in result["training_results"] if r["status"] == "ok")
+    replayed = [r for r in result["layer_results"] if r["kind"] == "decode" and r["status"] == "ok"
+                and r["provider"] in ("base", "lora_route_triton", "lora_route_triton_fused", "lora_route_cuda")]
+    assert replayed and all(r["graph_status"] == "ok" and r["graph_median_ms"] > 0 for r in replayed), replayed
+    assert all(r["graph_max_rel_error"] <= AGREEMENT_TOLERANCE[torch.float32] for r in replayed)
+    host = [r for r in result["host_overhead"]["results"] if r["provider"] in ("f_linear", "triton", "triton_fused")]
+    assert host and all(r["status"] == "ok" and r["wall_us"] > 0 for r in host), host
