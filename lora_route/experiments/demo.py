@@ -20,6 +20,7 @@ zero-shot for every run.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import random
@@ -156,6 +157,11 @@ def multiway_test_set(english_pairs: Sequence[TranslationPair], languages: Seque
             for s in languages for t in languages if s != t for en in chosen]
 
 
+def load_for_device(model_name: str, device: torch.device):
+    """(model, tokenizer) of ``model_name`` on ``device``: bfloat16 on a GPU, float32 on a CPU."""
+    return load_model(model_name, dtype="bfloat16" if device.type == "cuda" else "float32", device=device)
+
+
 def recipe_common(size: DemoSize, data: dict, model_name: str, seed: int) -> dict:
     """The sections every demo and study recipe shares: seed, model, data (the gettext catalogs unless ``data``
     overrides them) and training settings."""
@@ -227,7 +233,7 @@ class DemoRunner:
         self.en_centric, self.supervised, self.zero_shot = demo_directions(size)
         self.trained = self.en_centric + self.supervised
         self.ctx = setup_distributed(device)
-        self.model_factory = model_factory or self._load_model
+        self.model_factory = model_factory or functools.partial(load_for_device, model_name, self.ctx.device)
         self.test_pairs = list(test_pairs) if test_pairs is not None else None
         self.identifier = LanguageIdentifier()
         self.comet = CometScorer(comet) if comet else None
@@ -236,10 +242,6 @@ class DemoRunner:
         self.training: dict[str, Any] = {}
         self.parameters: dict[str, Any] = {}
         self.probe = False
-
-    def _load_model(self):
-        dtype = "bfloat16" if self.ctx.device.type == "cuda" else "float32"
-        return load_model(self.model_name, dtype=dtype, device=self.ctx.device)
 
     def _timed(self, key: str, started: float) -> None:
         self.timings[key] = round(time.time() - started, 1)

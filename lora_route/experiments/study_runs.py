@@ -11,6 +11,7 @@ and is reused while that key holds.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -37,10 +38,10 @@ from lora_route.experiments.demo import (
     DemoSize,
     budget_stage,
     demo_directions,
+    load_for_device,
     multiway_test_set,
     recipe_common,
 )
-from lora_route.models.loading import load_model
 from lora_route.train.config import RecipeConfig, parse_recipe
 from lora_route.train.distributed import setup_distributed
 from lora_route.train.pseudo import PseudoCandidate, filter_candidates, generate_candidates, recipe_pivot_sources
@@ -262,17 +263,13 @@ class StudyRunner:
         self.schedule = Schedule(size)
         self.data = dict(data or {})
         self.ctx = setup_distributed(device)
-        self.model_factory = model_factory or self._load_model
+        self.model_factory = model_factory or functools.partial(load_for_device, model_name, self.ctx.device)
         self.progress, self.log = progress, log
         self.identifier = LanguageIdentifier()
         self._test_pairs = list(test_pairs) if test_pairs is not None else None
         self._stage_names: dict[tuple[str, int, str], str] = {}
 
     # ------------------------------------------------------------------------------------------ inputs
-    def _load_model(self):
-        dtype = "bfloat16" if self.ctx.device.type == "cuda" else "float32"
-        return load_model(self.model_name, dtype=dtype, device=self.ctx.device)
-
     @property
     def test_pairs(self) -> list[TranslationPair]:
         """The multi-way test set (written to ``<root>/test.jsonl``)."""
