@@ -204,12 +204,13 @@ def study_markdown(report: dict) -> str:
                   f"{r['delta']:+.2f} |" for r in report["retention"]]
         lines.append("")
     if report["attempts"]:
-        lines += ["## Attempts", "", "| change | run | ΔBLEU vs " + report["attempts"][0]["reference"] + " per group | "
-                  "significant vs the baseline |", "|---|---|---|---|"]
+        lines += ["## Attempts", "", "| change | run | ΔBLEU per group vs the run it changes | significant "
+                  "differences to the baseline |", "|---|---|---|---|"]
         for attempt in report["attempts"]:
             effect = ", ".join(f"{g} {d:+.2f}" for g, d in attempt["bleu_delta_vs_reference"].items())
             won = [f"{r['group']} {r['metric']} {r['delta']:+.2f}" for r in attempt["vs_baseline"] if r["significant"]]
-            lines.append(f"| {attempt['change']} | {attempt['variant']} | {effect} | {', '.join(won) or 'none'} |")
+            lines.append(f"| {attempt['change']} | {attempt['variant']} | vs {attempt['reference']}: {effect} | "
+                         f"{', '.join(won) or 'none'} |")
         lines.append("")
     if report["skipped"]:
         lines += ["## Runs not reported", ""]
