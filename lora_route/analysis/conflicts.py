@@ -40,8 +40,9 @@ from lora_route.adapters.config import LANGUAGE_FREE_METHODS, RoutedLoRAConfig
 from lora_route.adapters.dat_languages import dat_language_groups
 from lora_route.adapters.patch import apply_routed_lora, route
 from lora_route.analysis.awareness import causal_lm_loss_sum
-from lora_route.common.files import atomic_path, write_json
+from lora_route.common.files import write_json
 from lora_route.common.languages import direction_key, parse_direction
+from lora_route.common.plotting import pyplot, save_png
 from lora_route.data.collate import collate, encode_pairs
 from lora_route.eval.evaluate import decode_pairs
 from lora_route.eval.metrics import bleu_chrf
@@ -309,26 +310,9 @@ def delta_matrices(scores: Mapping[str, Mapping[str, Mapping[str, float]]], lang
     return out
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("heatmaps need matplotlib: pip install 'lora_route[plot]'") from err
-    return plt
-
-
-def _save_figure(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as temporary:
-        fig.savefig(temporary, dpi=120, bbox_inches="tight")
-    return path
-
-
 def plot_delta_heatmaps(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """One src × tgt heatmap per strategy of ``result["delta"]`` (diverging colours: green = synergy)."""
-    plt = _pyplot()
+    plt = pyplot("heatmaps")
     deltas = result["delta"]
     languages = result["languages"]
     fig, axes = plt.subplots(1, len(deltas), figsize=(4.6 * len(deltas), 3.8), squeeze=False, constrained_layout=True)
@@ -347,15 +331,12 @@ def plot_delta_heatmaps(result: Mapping[str, Any], path: str | os.PathLike) -> P
                 if v is not None:
                     ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
-    try:
-        return _save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_gradient_heatmaps(conflicts: GradientConflicts, path: str | os.PathLike) -> Path:
     """Direction × direction gradient cosines: overall and for the layer with the lowest mean off-diagonal."""
-    plt = _pyplot()
+    plt = pyplot("heatmaps")
     names = [direction_key(*d) for d in conflicts.directions]
     means = [(_mean_off_diagonal(conflicts.cosine[i]) or 0.0) for i in range(len(conflicts.layers))]
     worst = min(range(len(means)), key=means.__getitem__)
@@ -368,7 +349,4 @@ def plot_gradient_heatmaps(conflicts: GradientConflicts, path: str | os.PathLike
         ax.set_yticks(range(len(names)), names)
         ax.set_title(f"gradient cosine, {title}")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    try:
-        return _save_figure(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, dpi=120, bbox_inches="tight")

@@ -23,6 +23,7 @@ from torch import nn
 from lora_route.adapters.config import DEFAULT_TARGET_MODULES, RoutedLoRAConfig
 from lora_route.adapters.patch import apply_routed_lora, route, routed_modules
 from lora_route.bench.peft_baseline import attach_peft_loras, peft_adapter_name
+from lora_route.common.plotting import pyplot, save_png
 from lora_route.eval.evaluate import decode_pairs
 from lora_route.eval.generation import translate
 
@@ -136,13 +137,7 @@ def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequenc
 def write_decoding_plot(result: dict, path) -> None:
     """PNG: the routed-decoding ratios to the unpatched model, and messages per second with and without stopping
     at the first line per model (temporary file + rename)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lora_route.common.files import atomic_path
-
+    plt = pyplot("decoding plots")
     overhead, stopping = result["routed_decode_overhead"], result["first_line_stopping"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(overhead["ratio_to_unpatched"])
@@ -162,8 +157,4 @@ def write_decoding_plot(result: dict, path) -> None:
     right.legend(fontsize=8)
     fig.suptitle(result["label"], fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            fig.savefig(temporary, dpi=110)
-    finally:
-        plt.close(fig)
+    save_png(fig, path)

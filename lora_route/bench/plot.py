@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lora_route.common.files import atomic_path
+from lora_route.common.plotting import pyplot, save_png
 
 PROVIDER_COLORS = {
     "base": "#7f7f7f", "peft_single": "#1f77b4", "peft_mixed": "#d62728", "naive_loop": "#ff7f0e",
@@ -55,12 +55,7 @@ def _layer_panel(ax, rows: list[dict], kind: str, title: str) -> None:
 
 def write_plot_atomic(result: dict, path: str | os.PathLike) -> Path:
     """Render ``result`` (the run's JSON dict) to a PNG at ``path`` (temporary file + ``os.replace``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot("benchmark plots")
     layer = result["layer_results"]
     training = [r for r in result["training_results"] if r["status"] == "ok"]
     shapes = list(dict.fromkeys(r["shape"] for r in layer))
@@ -89,9 +84,4 @@ def write_plot_atomic(result: dict, path: str | os.PathLike) -> Path:
     fig.suptitle(f"{result['label']}\n{env['device_name']} · {result['settings']['dtype']} · torch {env['torch']} · "
                  f"triton {env['triton']} · CUDA {env['torch_cuda']}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.91))
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            fig.savefig(temporary, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

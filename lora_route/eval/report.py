@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lora_route.common.files import atomic_path, read_json, write_json
+from lora_route.common.files import read_json, write_json
+from lora_route.common.plotting import pyplot, save_png
 
 # Groups and metrics of the papers' summary table, in column order.
 TABLE_GROUPS = (("en_centric", "En-centric"), ("non_english", "non-En-centric"), ("zero_shot", "zero-shot"),
@@ -32,13 +33,7 @@ def plot_heatmap(path: str | os.PathLike, matrix: Sequence[Sequence[float | None
                  title: str) -> Path:
     """PNG heatmap of an N×N direction matrix (source rows × target columns), values written in the cells."""
     _check_matrix(matrix, languages)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("heatmaps need matplotlib: pip install 'lora_route[plot]'  or  pip install matplotlib") \
-            from err
+    plt = pyplot("heatmaps")
     values = np.array([[math.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
     n = len(languages)
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n))
@@ -57,12 +52,7 @@ def plot_heatmap(path: str | os.PathLike, matrix: Sequence[Sequence[float | None
                         color="black" if values[i, j] > middle else "white", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            fig.savefig(temporary, dpi=120)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=120)
 
 
 def _check_matrix(matrix: Sequence[Sequence[float | None]], languages: Sequence[str]) -> None:

@@ -14,8 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from lora_route.common.files import atomic_path, write_json, write_text_atomic
+from lora_route.common.files import write_json, write_text_atomic
 from lora_route.common.languages import direction_key
+from lora_route.common.plotting import pyplot, save_png
 from lora_route.eval.significance import DEFAULT_SAMPLES, paired_bootstrap
 from lora_route.experiments.studies import PLANS, Adapters, StudyPlan, matched_lora_rank
 from lora_route.experiments.study_runs import RunResult, StudyRunner, StudySize, VariantSkipped
@@ -230,12 +231,7 @@ def study_markdown(report: dict) -> str:
 # ---------------------------------------------------------------------------------------------------- plot
 def write_study_plot(report: dict, path: Path) -> Path:
     """BLEU per group: lines against k when the study has curves, else bars per run; seed min–max as error bars."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("study plots need matplotlib: pip install 'lora_route[plot]'") from err
+    plt = pyplot("study plots")
     groups = list(report["groups"])
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.2), squeeze=False)
     scores = report["scores"]
@@ -262,12 +258,7 @@ def write_study_plot(report: dict, path: Path) -> Path:
         axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{report['title']} — seeds {', '.join(map(str, report['seeds']))}", fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as temporary:
-            fig.savefig(temporary, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_study(report: dict, out_dir: str | Path) -> dict[str, Path]:
