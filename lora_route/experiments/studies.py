@@ -33,11 +33,13 @@ Direction = tuple[str, str]
 
 @dataclass(frozen=True)
 class Attempt:
-    """One thing tried to make the routed experts win: ``variant`` changes ``reference`` as ``change`` says."""
+    """One thing tried to make the routed experts win: ``variant`` changes ``reference`` as ``change`` says, and is
+    tested against ``baseline`` (plain LoRA with the same change where the change applies to LoRA too)."""
 
     change: str
     variant: str
     reference: str
+    baseline: str
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class StudyPlan:
         return replace(
             self, variants=tuple(v for v in self.variants if keep(v.name)),
             comparisons=tuple(pair for pair in self.comparisons if keep(*pair)),
-            attempts=tuple(a for a in self.attempts if keep(a.variant, a.reference)),
+            attempts=tuple(a for a in self.attempts if keep(a.variant, a.reference, a.baseline)),
             retention={run: stage1 for run, stage1 in self.retention.items() if keep(run, stage1)},
             curves={label: [(k, name) for k, name in points if keep(name)] for label, points in self.curves.items()})
 
@@ -137,26 +139,32 @@ def stage2_data_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
             if k and 0 in size.stage2_pairs:
                 retention[name] = f"{label} k=0"
     k = size.reference_pairs
-    reference = f"UniLoRA k={k}"
-    tried = (
-        ("stage-2 replay share 0 % (default 33 %)", "unilora", adapters.unilora,
-         schedule.two_stages(k, replay_share=0.0)),
-        ("stage-2 replay share 50 % (default 33 %)", "unilora", adapters.unilora,
-         schedule.two_stages(k, replay_share=0.5)),
-        ("stage-2 learning rate ¼ of stage 1's", "unilora", adapters.unilora,
-         schedule.two_stages(k, lr=size.base.lr / 4)),
-        ("independent source-expert initialisation (default: one shared draw)", "unilora-independent-init",
-         adapters.unilora_with(independent_source_init=True), schedule.two_stages(k)),
-    )
+    reference, baseline = f"UniLoRA k={k}", f"LoRA k={k}"
     if k not in size.stage2_pairs:
         variants.append(Variant(reference, "unilora", adapters.unilora, schedule.two_stages(k)))
-        variants.append(Variant(f"LoRA k={k}", "lora", adapters.lora, schedule.two_stages(k)))
+        variants.append(Variant(baseline, "lora", adapters.lora, schedule.two_stages(k)))
+    schedule_changes = (
+        ("stage-2 replay share 0 % (default 33 %)", {"replay_share": 0.0}),
+        ("stage-2 replay share 50 % (default 33 %)", {"replay_share": 0.5}),
+        ("stage-2 learning rate ¼ of stage 1's", {"lr": size.base.lr / 4}),
+    )
     attempts = []
-    for change, family, adapter, stages in tried:
-        name = f"UniLoRA k={k}, {change.split(' (')[0]}"
-        variants.append(Variant(name, family, adapter, stages))
-        attempts.append(Attempt(change, name, reference))
-        comparisons.append((name, f"LoRA k={k}"))
+    for change, settings in schedule_changes:
+        short = change.split(" (")[0]
+        unilora_name, lora_name = f"{reference}, {short}", f"{baseline}, {short}"
+        variants.append(Variant(unilora_name, "unilora", adapters.unilora, schedule.two_stages(k, **settings)))
+        variants.append(Variant(lora_name, "lora", adapters.lora, schedule.two_stages(k, **settings)))
+        attempts.append(Attempt(change, unilora_name, reference, lora_name))
+        attempts.append(Attempt(change, lora_name, baseline, baseline))
+        comparisons += [(unilora_name, lora_name), (unilora_name, baseline), (lora_name, baseline)]
+        if 0 in size.stage2_pairs:
+            retention[unilora_name], retention[lora_name] = "UniLoRA k=0", "LoRA k=0"
+    independent = f"{reference}, independent source-expert initialisation"
+    variants.append(Variant(independent, "unilora-independent-init",
+                            adapters.unilora_with(independent_source_init=True), schedule.two_stages(k)))
+    attempts.append(Attempt("independent source-expert initialisation (default: one shared draw)", independent,
+                            reference, baseline))
+    comparisons.append((independent, baseline))
     return StudyPlan(
         name="stage2-data", title="Stage-2 data requirement (UniLoRA Figure 4)",
         question=("How much non-English data does stage 2 need? Every method trains stage 1 on the English-centric "
@@ -234,7 +242,8 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={"en_centric": schedule.en_centric, "zero_shot": non_english},
         comparisons=tuple(comparisons),
-        attempts=tuple(Attempt(change, name, "CrossLoRA + pseudo-corpus") for change, name, _ in attempts_rows))
+        attempts=tuple(Attempt(change, name, "CrossLoRA + pseudo-corpus", "LoRA")
+                       for change, name, _ in attempts_rows))
 
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {

@@ -75,7 +75,8 @@ def _attempts(plan: StudyPlan, scores: dict[str, dict], comparisons: list[dict])
     for attempt in plan.attempts:
         effect = {group: scores[attempt.variant][group]["bleu"]["mean"] - scores[attempt.reference][group]["bleu"]["mean"]
                   for group in plan.groups}
-        versus = next((c for c in comparisons if c["system"] == attempt.variant), None)
+        versus = next((c for c in comparisons
+                       if c["system"] == attempt.variant and c["baseline"] == attempt.baseline), None)
         out.append({**asdict(attempt), "bleu_delta_vs_reference": effect,
                     "vs_baseline": versus["rows"] if versus else []})
     return out
@@ -206,12 +207,12 @@ def study_markdown(report: dict) -> str:
         lines.append("")
     if report["attempts"]:
         lines += ["## Attempts", "", "| change | run | ΔBLEU per group vs the run it changes | significant "
-                  "differences to the baseline |", "|---|---|---|---|"]
+                  "differences (paired bootstrap) |", "|---|---|---|---|"]
         for attempt in report["attempts"]:
             effect = ", ".join(f"{g} {d:+.2f}" for g, d in attempt["bleu_delta_vs_reference"].items())
             won = [f"{r['group']} {r['metric']} {r['delta']:+.2f}" for r in attempt["vs_baseline"] if r["significant"]]
             lines.append(f"| {attempt['change']} | {attempt['variant']} | vs {attempt['reference']}: {effect} | "
-                         f"{', '.join(won) or 'none'} |")
+                         f"vs {attempt['baseline']}: {', '.join(won) or 'none'} |")
         lines.append("")
     if report["skipped"]:
         lines += ["## Runs not reported", ""]

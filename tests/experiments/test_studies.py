@@ -127,10 +127,21 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
         assert "significant (p < 0.05):" in text and f"lora-route study {name} --size unit" in text
     assert set(reports["stage2-data"]["groups"]) == {"en_centric", "supervised_non_english", "zero_shot"}
     assert reports["zero-shot"]["groups"]["zero_shot"] == ["de-zh", "zh-de"]
-    assert {a["variant"] for a in reports["stage2-data"]["attempts"]} == {
-        "UniLoRA k=2, stage-2 replay share 0 %", "UniLoRA k=2, stage-2 replay share 50 %",
-        "UniLoRA k=2, stage-2 learning rate ¼ of stage 1's", "UniLoRA k=2, independent source-expert initialisation"}
-    assert [r["run"] for r in reports["stage2-data"]["retention"]] == ["LoRA k=2", "UniLoRA k=2", "CrossLoRA k=2"]
+    changes = ("stage-2 replay share 0 %", "stage-2 replay share 50 %", "stage-2 learning rate ¼ of stage 1's")
+    attempts = {a["variant"]: a for a in reports["stage2-data"]["attempts"]}
+    assert set(attempts) == {f"{method} k=2, {change}" for method in ("UniLoRA", "LoRA") for change in changes} | {
+        "UniLoRA k=2, independent source-expert initialisation"}
+    for change in changes:      # a change of the schedule is tested against LoRA with the same change
+        unilora, lora = attempts[f"UniLoRA k=2, {change}"], attempts[f"LoRA k=2, {change}"]
+        assert (unilora["reference"], unilora["baseline"]) == ("UniLoRA k=2", f"LoRA k=2, {change}")
+        assert (lora["reference"], lora["baseline"]) == ("LoRA k=2", "LoRA k=2")
+        assert [r["group"] for r in unilora["vs_baseline"]][::2] == list(reports["stage2-data"]["groups"])
+    pairs = {(c["system"], c["baseline"]) for c in reports["stage2-data"]["comparisons"]}
+    assert {(f"UniLoRA k=2, {c}", f"LoRA k=2, {c}") for c in changes} <= pairs
+    retention = {r["run"]: r["stage1"] for r in reports["stage2-data"]["retention"]}
+    assert retention["UniLoRA k=2, stage-2 learning rate ¼ of stage 1's"] == "UniLoRA k=0"
+    assert retention["LoRA k=2, stage-2 replay share 0 %"] == "LoRA k=0"
+    assert [run for run in retention if "," not in run] == ["LoRA k=2", "UniLoRA k=2", "CrossLoRA k=2"]
     assert len(reports["zero-shot"]["attempts"]) == 2
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
 
