@@ -1,0 +1,42 @@
+import pytest
+from tiny_models import tiny_causal_lm
+from train_helpers import tiny_tokenizer, toy_pairs
+
+from lora_route.adapters.config import RoutedLoRAConfig
+from lora_route.adapters.patch import apply_routed_lora, routed_modules
+from lora_route.bench.decoding import first_line_stopping, routed_decode_overhead, write_decoding_plot
+
+pytest.importorskip("peft")
+
+
+def test_routed_decode_overhead_measures_all_three_and_leaves_the_model_alone():
+    model, tokenizer = tiny_causal_lm("gemma3"), tiny_tokenizer()
+    result = routed_decode_overhead(model, tokenizer, prompts=4, new_tokens=3, reps=2, r=2, r_uni=4)
+    assert set(result["ratio_to_unpatched"]) == {"unpatched", "lora_route_unilora", "peft_mixed"}
+    assert result["ratio_to_unpatched"]["unpatched"] == 1.0
+    assert all(len(times) == 2 and min(times) > 0 for times in result["seconds"].values())
+    assert result["met"] == (result["ratio_to_unpatched"]["lora_route_unilora"] <= result["target_ratio"])
+    assert not routed_modules(model) and not model.training and not hasattr(model, "peft_config")
+    with pytest.raises(ValueError, match="reps"):
+        routed_decode_overhead(model, tokenizer, reps=0)
+
+
+def test_first_line_stopping_and_its_plot(tmp_path):
+    tokenizer = tiny_tokenizer()
+    trained = apply_routed_lora(tiny_causal_lm("gemma3", seed=1), RoutedLoRAConfig("crosslora", ["en", "de", "zh"],
+                                                                                    r=2, alpha=4.0))
+    pairs = toy_pairs([("en", "de"), ("de", "zh")], count=3)
+    rows = first_line_stopping({"base": (tiny_causal_lm("gemma3"), tokenizer), "crosslora": (trained, tokenizer)},
+                               pairs, batch_size=4)
+    assert [row["model"] for row in rows] == ["base", "crosslora"]
+    assert [row["target_speedup"] for row in rows] == [3.0, 1.5]
+    for row in rows:
+        assert row["messages"] == 6 and 0 <= row["identical_outputs"] <= 6
+        assert row["speedup"] == pytest.approx(row["seconds"]["decode_to_eos"] / row["seconds"]["stop_at_first_line"])
+    with pytest.raises(ValueError, match="at least one test pair"):
+        first_line_stopping({}, [], batch_size=4)
+    overhead = routed_decode_overhead(tiny_causal_lm("gemma3"), tokenizer, prompts=2, new_tokens=2, reps=1, r=2,
+                                      r_uni=4)
+    path = tmp_path / "decoding.png"
+    write_decoding_plot({"label": "test", "routed_decode_overhead": overhead, "first_line_stopping": rows}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
