@@ -107,11 +107,13 @@ def _routed_generate(model, batch, settings, src, tgt):
 def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequence[Any], *, batch_size: int,
                         log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
     """For each ``name → (model, tokenizer)``: seconds and messages per second of greedy ``decode_pairs`` over
-    ``pairs`` with first-line stopping and without, the speedup, and how many outputs are identical."""
+    ``pairs`` with first-line stopping and without, the speedup, and how many outputs are identical. One untimed
+    batch warms each model up first, so that neither mode pays for the first call."""
     if not pairs:
         raise ValueError("first_line_stopping needs at least one test pair")
     results = []
     for name, (model, tokenizer) in models.items():
+        decode_pairs(model, tokenizer, pairs[:batch_size], batch_size=batch_size, progress=False)
         outputs, seconds = {}, {}
         for mode, stop_early in (("stop_at_first_line", True), ("decode_to_eos", False)):
             device = next(model.parameters()).device
