@@ -259,7 +259,9 @@ class StudyRunner:
                  model_factory: Callable[[], tuple] | None = None, data: dict | None = None,
                  test_pairs: Sequence[TranslationPair] | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
-        self.root, self.size, self.model_name = Path(root), size, model_name
+        # Absolute, so that a pseudo-corpus path written into a stage (and its fingerprint) does not depend on how
+        # the folder was spelt on the command line.
+        self.root, self.size, self.model_name = Path(root).resolve(), size, model_name
         self.schedule = Schedule(size)
         self.data = dict(data or {})
         self.ctx = setup_distributed(device)

@@ -237,3 +237,12 @@ def test_a_variant_that_cannot_train_is_reported_as_skipped_and_left_out_of_comp
     assert {v["name"] for v in report["variants"]} == {"LoRA", "UniLoRA", "CrossLoRA", "target-routed CrossLoRA"}
     assert all("pseudo" not in c["system"] + c["baseline"] for c in report["comparisons"]) and not report["attempts"]
     assert "## Runs not reported" in written["zero-shot"]["markdown"].read_text()
+
+
+def test_the_runs_do_not_depend_on_how_the_output_folder_is_spelt(toy, tmp_path, monkeypatch):
+    _, options = toy
+    monkeypatch.chdir(tmp_path)
+    runner = StudyRunner("studies", SIZE, **{k: v for k, v in options.items() if k != "progress"})
+    variant = next(v for v in PLANS["zero-shot"](SIZE, Adapters(SIZE, 2)).variants if v.pseudo)
+    corpus, _ = runner._pseudo_paths(variant, 0)
+    assert runner.root == tmp_path / "studies" and corpus.is_relative_to(tmp_path / "studies")
