@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", choices=(*STUDY_NAMES, "all"), metavar="NAME",
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
-                        help="cpu: ~2 h per seed on 2 cores for all three (default); gpu: five languages, full size; "
+                        help="cpu: ~3.5 h per seed on one core for all three (default); gpu: five languages, full size; "
                              "tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")

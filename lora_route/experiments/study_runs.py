@@ -95,9 +95,9 @@ class StudySize:
 
 
 # cpu: the CPU demo's sizes with stage 1 twice as long (96 steps: at the demo's 48 the routed experts have not yet
-# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 1,500
-# training steps of ~2.3 s and 26 evaluations of 300 messages per seed, ~2 h per seed on two cores. Run the seeds as
-# separate processes (``--seeds 0`` / ``--seeds 1``, one thread each), then once more for the report.
+# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 3.5 h for
+# all three studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``, one thread
+# each), then once more for the report.
 STUDY_SIZES = {
     "tiny": StudySize("tiny", SIZES["tiny"], seeds=(0,), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
                       pseudo_per_language=2),
