@@ -43,8 +43,8 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
                            prompts: int = 12, new_tokens: int = 24, reps: int = 5, r: int = 16, r_uni: int = 64,
                            seed: int = 0) -> dict[str, Any]:
     """Seconds per ``generate`` call of the unpatched ``model``, a UniLoRA-patched copy and PEFT's mixed batch
-    (copies; ``model`` is left as it is), and each ratio to the unpatched model. The copies decode in eval mode,
-    as ``model`` is expected to be (PEFT wraps a model in training mode and refuses ``adapter_names`` there)."""
+    (copies in ``model``'s mode, which is expected to be eval: PEFT refuses ``adapter_names`` in training mode), and
+    each ratio to the unpatched model."""
     if prompts < 1 or new_tokens < 1 or reps < 1:
         raise ValueError(f"prompts, new_tokens and reps must be >= 1, got {prompts}, {new_tokens}, {reps}")
     directions = [(s, t) for s in languages for t in languages if s != t]
@@ -63,7 +63,7 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
                 "pad_token_id": tokenizer.pad_token_id}
 
     patched = apply_routed_lora(copy.deepcopy(model), RoutedLoRAConfig("unilora", list(languages), r=r,
-                                                                       alpha=2.0 * r, r_uni=r_uni, dropout=0.0)).eval()
+                                                                       alpha=2.0 * r, r_uni=r_uni, dropout=0.0))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in routed_modules(patched).values():
@@ -73,7 +73,7 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
         "lora_route_unilora": lambda: _routed_generate(patched, batch, settings, src, tgt),
     }
     peft_model = attach_peft_loras(copy.deepcopy(model), DEFAULT_TARGET_MODULES, r, 2.0 * r, len(directions),
-                                   autocast_adapter_dtype=False).eval()
+                                   autocast_adapter_dtype=False)
     names = [peft_adapter_name(directions.index(row)) for row in rows]
     calls["peft_mixed"] = lambda: peft_model.generate(**batch, **settings, adapter_names=names)
 
