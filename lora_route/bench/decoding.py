@@ -6,8 +6,9 @@
   direction on the same modules, rows routed by ``adapter_names=``); the median of ``reps`` alternating
   repetitions and each one's ratio to the unpatched model.
 - :func:`first_line_stopping`: messages per second of the evaluation's decoding
-  (:func:`lora_route.eval.evaluate.decode_pairs`) of a test set, with and without stopping each row once its first
-  line is complete, and how many outputs agree.
+  (:func:`lora_route.eval.evaluate.decode_pairs`) of a test set as it is — greedy decoding that takes each row out of
+  the batch once its first line is complete or it has emitted EOS — and as it was before: transformers' ``generate``,
+  every row on to EOS or the token budget; and how many outputs agree.
 """
 from __future__ import annotations
 
@@ -107,8 +108,9 @@ def _routed_generate(model, batch, settings, src, tgt):
 def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequence[Any], *, batch_size: int,
                         log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
     """For each ``name → (model, tokenizer)``: seconds and messages per second of greedy ``decode_pairs`` over
-    ``pairs`` with first-line stopping and without, the speedup, and how many outputs are identical. One untimed
-    batch warms each model up first, so that neither mode pays for the first call."""
+    ``pairs`` with first-line stopping (finished rows leave the batch) and with ``generate`` decoding every row to the
+    end, the speedup, and how many outputs are identical. One untimed batch warms each model up first, so that
+    neither mode pays for the first call."""
     if not pairs:
         raise ValueError("first_line_stopping needs at least one test pair")
     results = []

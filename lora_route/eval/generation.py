@@ -1,25 +1,27 @@
-"""Mixed-direction translation: one ``generate`` call per batch, whatever directions the batch mixes.
+"""Mixed-direction translation: one decoding per batch, whatever directions the batch mixes.
 
 Each batch is prompted with the papers' template, left-padded (so every prompt ends in the same column and the new
 tokens start right after it), routed with :func:`lora_route.adapters.patch.route` (each beam / returned sequence inherits its
 sentence's route) and decoded greedily or with beam search until EOS or ``max_new_tokens``. The prompt is cut off
 by position, special tokens are skipped, and — since the template puts the source on its own line and a translation
 is one line — the output is the first non-empty line of the continuation (``first_line=False`` keeps it all).
-With greedy decoding and ``first_line``, each row stops as soon as that line is complete (a newline after
-non-whitespace output), which gives the same first line as decoding on to EOS in a fraction of the steps.
+Greedy decoding (:func:`lora_route.eval.greedy.greedy_decode`) takes each row out of the batch once it has finished:
+at EOS or, with ``first_line``, as soon as that line is complete (a newline after non-whitespace output) — the same
+first line as decoding on to EOS, for a fraction of the work. Beam search, and greedy decoding with
+``stop_early=False``, run transformers' ``generate``, where every row stays in the batch to the end.
 Works on unpatched models too (plain prompting, e.g. the base-model row of a results table).
 """
 from __future__ import annotations
 
 import contextlib
-import weakref
+from functools import partial
 from typing import Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lora_route.adapters.patch import route
 from lora_route.data.prompts import DEFAULT_TEMPLATE, check_template, format_prompt
+from lora_route.eval.greedy import FirstLineComplete, greedy_decode
 
 
 def _per_sentence(name: str, langs: Sequence[str] | str, count: int) -> list[str]:
@@ -54,46 +56,11 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> t
     return input_ids.to(device), attention_mask.to(device)
 
 
-class _LineTokens:
-    """Per token id of a tokenizer: whether its text holds non-whitespace, a newline, and non-whitespace before its
-    first newline (bool tensors over the vocabulary, built once per tokenizer by decoding every token)."""
-
-    def __init__(self, tokenizer, vocab_size: int):
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        texts += [""] * (vocab_size - len(texts))
-        self.content = torch.tensor([bool(t.strip()) for t in texts])
-        self.newline = torch.tensor(["\n" in t for t in texts])
-        self.ends_line = torch.tensor(["\n" in t and bool(t.split("\n", 1)[0].strip()) for t in texts])
-
-
-_LINE_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _line_tokens(tokenizer, vocab_size: int) -> _LineTokens:
-    tables = _LINE_TOKENS.get(tokenizer)
-    if tables is None or tables.content.shape[0] < vocab_size:
-        tables = _LINE_TOKENS[tokenizer] = _LineTokens(tokenizer, max(vocab_size, len(tokenizer)))
-    return tables
-
-
-class FirstLineComplete(StoppingCriteria):
-    """Stops a row once its first non-empty line is complete: a newline token after non-whitespace output (or a token
-    holding both). One instance per ``generate`` call (it keeps which rows have produced text)."""
-
-    def __init__(self, tokenizer, vocab_size: int, device: torch.device):
-        tables = _line_tokens(tokenizer, vocab_size)
-        self.content = tables.content.to(device)
-        self.newline = tables.newline.to(device)
-        self.ends_line = tables.ends_line.to(device)
-        self.seen_content: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        last = input_ids[:, -1]
-        if self.seen_content is None:
-            self.seen_content = torch.zeros_like(last, dtype=torch.bool)
-        done = self.ends_line[last] | (self.newline[last] & self.seen_content)
-        self.seen_content = self.seen_content | self.content[last]
-        return done
+def _routing(model, src: list[str], tgt: list[str], patched: bool, rows: Sequence[int]):
+    """The routes of ``rows`` of a batch (a no-op on an unpatched model)."""
+    if not patched:
+        return contextlib.nullcontext()
+    return route(model, [src[row] for row in rows], [tgt[row] for row in rows])
 
 
 def _clean(text: str, first_line: bool) -> str:
@@ -110,8 +77,8 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
               stop_early: bool = True) -> list[str]:
     """Translate ``sentences[i]`` from ``src[i]`` into ``tgt[i]`` (codes, or one code for all); returns strings in
     input order. ``max_new_tokens`` defaults to twice the longest source (in tokens) plus 16, per batch.
-    ``stop_early=False`` decodes every row on to EOS or ``max_new_tokens`` even when only its first line is kept
-    (the same output, more steps; for measuring what stopping saves)."""
+    ``stop_early=False`` decodes with ``generate``, every row on to EOS or ``max_new_tokens`` even when only its first
+    line is kept (the same output, more work; for measuring what stopping saves)."""
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise ValueError("sentences must be a list of strings")
     if not all(isinstance(s, str) for s in sentences):
@@ -146,16 +113,20 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
             budget = 2 * max(source_lengths) + 16
         else:
             budget = max_new_tokens
-        routing = route(model, batch_src, batch_tgt) if patched else contextlib.nullcontext()
-        stop = None
-        if first_line and stop_early and num_beams == 1:
-            vocab_size = model.get_output_embeddings().weight.shape[0]
-            stop = StoppingCriteriaList([FirstLineComplete(tokenizer, vocab_size, device)])
-        with routing:
-            generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=budget,
-                                       num_beams=num_beams, num_return_sequences=1, do_sample=False,
-                                       pad_token_id=pad_id, eos_token_id=eos_id, stopping_criteria=stop)
-        new_tokens = generated[:, input_ids.shape[1]:]
+        if num_beams == 1 and stop_early:
+            finished = None
+            if first_line:
+                vocab_size = model.get_output_embeddings().weight.shape[0]
+                finished = FirstLineComplete(tokenizer, vocab_size, device)
+            new_tokens = greedy_decode(model, input_ids, attention_mask, max_new_tokens=budget, eos_id=eos_id,
+                                       routing=partial(_routing, model, batch_src, batch_tgt, patched),
+                                       finished=finished)
+        else:
+            with _routing(model, batch_src, batch_tgt, patched, range(len(prompt_ids))):
+                generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                           max_new_tokens=budget, num_beams=num_beams, num_return_sequences=1,
+                                           do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
+            new_tokens = generated[:, input_ids.shape[1]:]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         outputs.extend(_clean(text, first_line) for text in texts)
     return outputs

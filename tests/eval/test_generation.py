@@ -103,19 +103,3 @@ def test_greedy_decoding_stops_each_row_at_its_first_line_with_the_same_output()
     assert len(steps) == full_steps
     with pytest.raises(ValueError, match="stop_early must be True or False"):
         translate(model, tokenizer, sentences, "en", "de", stop_early=None)
-
-
-def test_the_first_line_criterion_per_row():
-    from lora_route.eval.generation import FirstLineComplete
-
-    tokenizer = tiny_tokenizer()
-    ids = {char: tokenizer.convert_tokens_to_ids(char) for char in ("\n", " ", "a")}
-    criterion = FirstLineComplete(tokenizer, 128, torch.device("cpu"))
-    # row 0: newline before any text (not done), text, newline (done); row 1: text then newline at once
-    steps = [("\n", "a"), ("a", "\n"), (" ", " "), ("\n", "a")]
-    done = []
-    sequence = torch.zeros(2, 1, dtype=torch.long)
-    for first, second in steps:
-        sequence = torch.cat([sequence, torch.tensor([[ids[first]], [ids[second]]])], 1)
-        done.append(criterion(sequence, None).tolist())
-    assert done == [[False, False], [False, True], [False, False], [True, False]]
