@@ -76,8 +76,8 @@ def greedy_decode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *
     """New token ids per row of the left-padded ``input_ids`` / ``attention_mask`` (batch, prompt length), greedy,
     up to ``max_new_tokens`` each. A row leaves the batch after the step that gave it EOS (kept in its ids) or that
     ``finished`` reports done. ``routing(rows)`` is entered around each forward with the indices of the rows in it."""
-    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(f"input_ids and attention_mask must be (batch, length) alike, got "
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape or input_ids.numel() == 0:
+        raise ValueError(f"input_ids and attention_mask must be non-empty (batch, length) alike, got "
                          f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")

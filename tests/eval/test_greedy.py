@@ -125,5 +125,7 @@ def test_validation():
     ids, mask = left_pad(PROMPTS, 0, torch.device("cpu"))
     with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
         greedy_decode(model, ids, mask, max_new_tokens=0, eos_id=EOS, routing=lambda rows: torch.no_grad())
-    with pytest.raises(ValueError, match="must be \\(batch, length\\) alike"):
+    with pytest.raises(ValueError, match="\\(batch, length\\) alike"):
         greedy_decode(model, ids, mask[:, 1:], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
+    with pytest.raises(ValueError, match="non-empty"):
+        greedy_decode(model, ids[:0], mask[:0], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
