@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / f"{args.name}.json", result)
     write_decoding_plot(result, out / f"{args.name}.png")
     for row in stopping:
-        print(f"{row['model']}: {row['messages_per_s']['decode_to_eos']:.2f} -> "
-              f"{row['messages_per_s']['stop_at_first_line']:.2f} messages/s ({row['speedup']:.2f}×, target "
-              f"{row['target_speedup']}×), {row['identical_outputs']}/{row['messages']} outputs identical")
+        rates, identical = row["messages_per_s"], row["identical_outputs"]
+        print(f"{row['model']}: {rates['decode_to_eos']:.2f} -> {rates['stop_at_first_line']:.2f} messages/s "
+              f"({row['speedup']:.2f}×, target {row['target_speedup']}×, {identical['stop_at_first_line']}/"
+              f"{row['messages']} outputs identical); in one batch {rates['stop_at_first_line_one_batch']:.2f} "
+              f"({row['speedup_one_batch']:.2f}×, {identical['stop_at_first_line_one_batch']} identical)")
     print(f"routed UniLoRA decoding {overhead['ratio_to_unpatched']['lora_route_unilora']:.3f}× the unpatched model "
           f"(target <= {overhead['target_ratio']}), PEFT mixed batch {overhead['ratio_to_unpatched']['peft_mixed']:.3f}×")
     print(f"wrote {out / args.name}.json and .png")

@@ -31,10 +31,19 @@ def test_first_line_stopping_and_its_plot(tmp_path):
     assert [row["model"] for row in rows] == ["base", "crosslora"]
     assert [row["target_speedup"] for row in rows] == [3.0, 1.5]
     for row in rows:
-        assert row["messages"] == 6 and 0 <= row["identical_outputs"] <= 6
-        assert row["speedup"] == pytest.approx(row["seconds"]["decode_to_eos"] / row["seconds"]["stop_at_first_line"])
+        seconds = row["seconds"]
+        assert row["messages"] == 6 and set(seconds) == {"stop_at_first_line", "stop_at_first_line_one_batch",
+                                                          "decode_to_eos"}
+        # in one batch the token budget follows the longest source of all six: rows that reach it write on
+        assert row["identical_outputs"]["stop_at_first_line"] == 6
+        assert 0 <= row["identical_outputs"]["stop_at_first_line_one_batch"] <= 6
+        assert row["speedup"] == pytest.approx(seconds["decode_to_eos"] / seconds["stop_at_first_line"])
+        assert row["speedup_one_batch"] == pytest.approx(seconds["decode_to_eos"] /
+                                                         seconds["stop_at_first_line_one_batch"])
     with pytest.raises(ValueError, match="at least one test pair"):
         first_line_stopping({}, [], batch_size=4)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        first_line_stopping({}, pairs, batch_size=0)
     overhead = routed_decode_overhead(tiny_causal_lm("gemma3"), tokenizer, prompts=2, new_tokens=2, reps=1, r=2,
                                       r_uni=4)
     path = tmp_path / "decoding.png"
