@@ -111,9 +111,9 @@ def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequenc
     """For each ``name → (model, tokenizer)``: seconds and messages per second of greedy ``decode_pairs`` over
     ``pairs`` in three modes — with first-line stopping (finished rows leave the batch) in batches of
     ``batch_size``, the same with every pair in one batch, and ``generate`` decoding every row to the end in batches
-    of ``batch_size`` — each mode's speedup over the last, and how many outputs equal the last mode's (in one batch
-    the token budget follows the longest source of all, so rows that reach it may write more). One untimed batch
-    warms each model up first, so that no mode pays for the first call."""
+    of ``batch_size`` — the two stopping modes' speedups over ``generate`` and how many of their outputs equal its
+    outputs (in one batch the token budget follows the longest source of all, so rows that reach it may write
+    more). One untimed batch warms each model up first, so that no mode pays for the first call."""
     if not pairs:
         raise ValueError("first_line_stopping needs at least one test pair")
     if not isinstance(batch_size, int) or batch_size < 1:
