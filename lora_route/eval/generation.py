@@ -7,8 +7,10 @@ by position, special tokens are skipped, and — since the template puts the sou
 is one line — the output is the first non-empty line of the continuation (``first_line=False`` keeps it all).
 Greedy decoding (:func:`lora_route.eval.greedy.greedy_decode`) takes each row out of the batch once it has finished:
 at EOS or, with ``first_line``, as soon as that line is complete (a newline after non-whitespace output) — the same
-first line as decoding on to EOS, for a fraction of the work. Beam search, and greedy decoding with
-``stop_early=False``, run transformers' ``generate``, where every row stays in the batch to the end.
+first line as decoding on to EOS, for a fraction of the work. Beam search, greedy decoding with
+``stop_early=False``, and greedy decoding of a model whose generation config asks for a logits processor (a
+repetition penalty, say: :func:`lora_route.eval.greedy.reproduces_generate`) run transformers' ``generate``, where
+every row stays in the batch to the end (with first-line stopping where it applies).
 Works on unpatched models too (plain prompting, e.g. the base-model row of a results table).
 """
 from __future__ import annotations
@@ -18,10 +20,11 @@ from functools import partial
 from typing import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lora_route.adapters.patch import route
 from lora_route.data.prompts import DEFAULT_TEMPLATE, check_template, format_prompt
-from lora_route.eval.greedy import FirstLineComplete, greedy_decode
+from lora_route.eval.greedy import FirstLineComplete, greedy_decode, reproduces_generate
 
 
 def _per_sentence(name: str, langs: Sequence[str] | str, count: int) -> list[str]:
@@ -54,6 +57,16 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> t
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids):] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+class _FirstLineCriterion(StoppingCriteria):
+    """:class:`FirstLineComplete` as a stopping criterion of ``generate`` (whose rows stay in the batch)."""
+
+    def __init__(self, finished: FirstLineComplete):
+        self.finished = finished
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.finished(input_ids[:, -1])
 
 
 def _routing(model, src: list[str], tgt: list[str], patched: bool, rows: Sequence[int]):
@@ -113,19 +126,20 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
             budget = 2 * max(source_lengths) + 16
         else:
             budget = max_new_tokens
-        if num_beams == 1 and stop_early:
-            finished = None
-            if first_line:
-                vocab_size = model.get_output_embeddings().weight.shape[0]
-                finished = FirstLineComplete(tokenizer, vocab_size, device)
+        finished = None
+        if num_beams == 1 and stop_early and first_line:
+            finished = FirstLineComplete(tokenizer, model.get_output_embeddings().weight.shape[0], device)
+        if num_beams == 1 and stop_early and reproduces_generate(model):
             new_tokens = greedy_decode(model, input_ids, attention_mask, max_new_tokens=budget, eos_id=eos_id,
                                        routing=partial(_routing, model, batch_src, batch_tgt, patched),
                                        finished=finished)
         else:
+            stop = None if finished is None else StoppingCriteriaList([_FirstLineCriterion(finished)])
             with _routing(model, batch_src, batch_tgt, patched, range(len(prompt_ids))):
                 generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                            max_new_tokens=budget, num_beams=num_beams, num_return_sequences=1,
-                                           do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
+                                           do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id,
+                                           stopping_criteria=stop)
             new_tokens = generated[:, input_ids.shape[1]:]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         outputs.extend(_clean(text, first_line) for text in texts)

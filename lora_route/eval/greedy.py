@@ -64,6 +64,28 @@ class FirstLineComplete:
             self.seen_content = self.seen_content[keep]
 
 
+def reproduces_generate(model: nn.Module) -> bool:
+    """Whether :func:`greedy_decode` takes the steps greedy ``generate`` takes for ``model``: false when the model's
+    generation config asks ``generate`` for a logits processor that changes which token is greedy (a repetition
+    penalty, as in several instruction-tuned models' configs, token bias, banned, forced or suppressed tokens, a
+    minimum length, guidance, a watermark), which greedy_decode does not apply."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return True
+
+    def setting(name: str):
+        return getattr(config, name, None)
+
+    changes_logits = (
+        setting("repetition_penalty") not in (None, 1.0), setting("guidance_scale") not in (None, 1, 1.0),
+        (setting("no_repeat_ngram_size") or 0) > 0, (setting("min_length") or 0) > 0,
+        (setting("min_new_tokens") or 0) > 0, setting("remove_invalid_values") is True,
+        *(setting(name) is not None for name in ("sequence_bias", "bad_words_ids", "forced_bos_token_id",
+                                                 "forced_eos_token_id", "exponential_decay_length_penalty",
+                                                 "suppress_tokens", "begin_suppress_tokens", "watermarking_config")))
+    return not any(changes_logits)
+
+
 def _forward_parameters(model: nn.Module) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)

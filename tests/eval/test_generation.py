@@ -103,3 +103,15 @@ def test_greedy_decoding_stops_each_row_at_its_first_line_with_the_same_output()
     assert len(steps) == full_steps
     with pytest.raises(ValueError, match="stop_early must be True or False"):
         translate(model, tokenizer, sentences, "en", "de", stop_early=None)
+
+
+def test_a_generation_config_that_changes_greedy_tokens_keeps_generate():
+    """translate used to drop a repetition penalty that the model's generation config asks generate for."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm("llama", seed=3)
+    sentences = ["Hello world.", "Guten Morgen!", "A longer sentence here."]
+    plain = translate(model, tokenizer, sentences, "en", "de", max_new_tokens=16)
+    model.generation_config.repetition_penalty = 1.8
+    penalised = translate(model, tokenizer, sentences, "en", "de", max_new_tokens=16)
+    assert penalised != plain
+    assert penalised == translate(model, tokenizer, sentences, "en", "de", max_new_tokens=16, stop_early=False)

@@ -9,7 +9,7 @@ from train_helpers import tiny_tokenizer
 from lora_route.adapters.config import RoutedLoRAConfig
 from lora_route.adapters.patch import apply_routed_lora, route
 from lora_route.eval.generation import left_pad
-from lora_route.eval.greedy import FirstLineComplete, greedy_decode
+from lora_route.eval.greedy import FirstLineComplete, greedy_decode, reproduces_generate
 
 EOS = 2
 PROMPTS = [[1, 40, 41, 42, 43, 44, 45], [1, 50, 51], [1, 60, 61, 62, 63], [1, 70], [1, 80, 81, 82, 83, 84]]
@@ -129,3 +129,14 @@ def test_validation():
         greedy_decode(model, ids, mask[:, 1:], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
     with pytest.raises(ValueError, match="non-empty"):
         greedy_decode(model, ids[:0], mask[:0], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
+
+
+@pytest.mark.parametrize("setting, value, reproduces", [
+    ("repetition_penalty", 1.0, True), ("repetition_penalty", 1.05, False), ("no_repeat_ngram_size", 0, True),
+    ("no_repeat_ngram_size", 3, False), ("suppress_tokens", [5], False), ("forced_bos_token_id", 1, False),
+    ("min_new_tokens", 2, False), ("temperature", 0.7, True), ("top_p", 0.8, True)])
+def test_which_generation_settings_greedy_decode_reproduces(setting, value, reproduces):
+    model = tiny_causal_lm("llama")
+    assert reproduces_generate(model)
+    setattr(model.generation_config, setting, value)
+    assert reproduces_generate(model) is reproduces
