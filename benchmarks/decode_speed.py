@@ -66,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
               f"({row['speedup']:.2f}×, target {row['target_speedup']}×, {identical['stop_at_first_line']}/"
               f"{row['messages']} outputs identical); in one batch {rates['stop_at_first_line_one_batch']:.2f} "
               f"({row['speedup_one_batch']:.2f}×, {identical['stop_at_first_line_one_batch']} identical)")
-    print(f"routed UniLoRA decoding {overhead['ratio_to_unpatched']['lora_route_unilora']:.3f}× the unpatched model "
-          f"(target <= {overhead['target_ratio']}), PEFT mixed batch {overhead['ratio_to_unpatched']['peft_mixed']:.3f}×")
+    ratios, paired = overhead["ratio_to_unpatched"], overhead["paired_ratio_median"]
+    print(f"routed UniLoRA decoding {ratios['lora_route_unilora']:.3f}× the unpatched model (paired "
+          f"{paired['lora_route_unilora']:.3f}×, target <= {overhead['target_ratio']}), PEFT mixed batch "
+          f"{ratios['peft_mixed']:.3f}× (paired {paired['peft_mixed']:.3f}×)")
     print(f"wrote {out / args.name}.json and .png")
     return 0
 

@@ -13,7 +13,9 @@ def test_routed_decode_overhead_measures_all_three_and_leaves_the_model_alone():
     model, tokenizer = tiny_causal_lm("gemma3"), tiny_tokenizer()
     result = routed_decode_overhead(model, tokenizer, prompts=4, new_tokens=3, reps=2, r=2, r_uni=4)
     assert set(result["ratio_to_unpatched"]) == {"unpatched", "lora_route_unilora", "peft_mixed"}
-    assert result["ratio_to_unpatched"]["unpatched"] == 1.0
+    assert result["ratio_to_unpatched"]["unpatched"] == 1.0 and result["paired_ratio_median"]["unpatched"] == 1.0
+    (peft_1, peft_2), (base_1, base_2) = result["seconds"]["peft_mixed"], result["seconds"]["unpatched"]
+    assert result["paired_ratio_median"]["peft_mixed"] == pytest.approx((peft_1 / base_1 + peft_2 / base_2) / 2)
     assert all(len(times) == 2 and min(times) > 0 for times in result["seconds"].values())
     assert result["met"] == (result["ratio_to_unpatched"]["lora_route_unilora"] <= result["target_ratio"])
     assert not routed_modules(model) and not model.training and not hasattr(model, "peft_config")
