@@ -6,7 +6,8 @@ stops keeps the whole batch going to the token budget. :func:`greedy_decode` tak
 ``generate`` — the prompt's forward with a KV cache and ``logits_to_keep=1``, then one token per row and step, position
 ids counted from the attention mask and the 2-D mask grown by one column per step, argmax over float32 logits — and
 after each step drops the finished rows from the batch: from the cache (``batch_select_indices``), the mask, the
-position ids, the stopping state and the routes.
+position ids, the stopping state and the routes. It applies no logits processor: :func:`reproduces_generate` tells
+whether a model's generation config asks ``generate`` for one that changes the greedy token.
 """
 from __future__ import annotations
 
