@@ -113,6 +113,7 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
         raise ValueError("the tokenizer has no EOS token to stop generation at")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     patched = getattr(model, "routed_lora_config", None) is not None
+    rows_leave = num_beams == 1 and stop_early and reproduces_generate(model)
     device = next(model.parameters()).device
     outputs: list[str] = []
     for start in range(0, len(sentences), batch_size):
@@ -129,7 +130,7 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
         finished = None
         if num_beams == 1 and stop_early and first_line:
             finished = FirstLineComplete(tokenizer, model.get_output_embeddings().weight.shape[0], device)
-        if num_beams == 1 and stop_early and reproduces_generate(model):
+        if rows_leave:
             new_tokens = greedy_decode(model, input_ids, attention_mask, max_new_tokens=budget, eos_id=eos_id,
                                        routing=partial(_routing, model, batch_src, batch_tgt, patched),
                                        finished=finished)
