@@ -62,6 +62,7 @@ class RoutedLoRALinear(nn.Module):
         self.merged_routes: tuple[tuple[int, int, int], ...] | None = None
         self._merged_factors: tuple[Tensor, Tensor] | None = None
         self._core_cache: tuple[tuple, Tensor] | None = None
+        self._banks_cache: tuple[tuple, tuple[Tensor, Tensor, Tensor | None]] | None = None
         self.load_balancing_loss: Tensor | None = None
         self.reset_adapter_parameters()
 
@@ -159,6 +160,25 @@ class RoutedLoRALinear(nn.Module):
             self._core_cache = (key, core if dtype is None else core.to(dtype))
         return self._core_cache[1]
 
+    def inference_banks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(A (n_a, r, d_in), B (n_b, d_out, r), A_core)`` in ``dtype`` for calls that record no autograd graph:
+        ``A_core`` holds ``U·A[a]`` per bank (the UniCore folded into the source experts, so that a routed call needs
+        no core step; None without core). Kept until a factor changes; recomputed while a CUDA graph is being
+        captured, so that every replay reads the current factors."""
+        factors = [self.lora_A, self.lora_B] + ([self.uni_A, self.uni_B] if self.spec.has_core else [])
+        if self.lora_A.is_cuda and torch.cuda.is_current_stream_capturing():
+            key = None
+        else:
+            key = (dtype, *((factor._version, factor.data_ptr()) for factor in factors))
+            if self._banks_cache is not None and self._banks_cache[0] == key:
+                return self._banks_cache[1]
+        with torch.no_grad():
+            A_core = torch.matmul(self.uni_B @ self.uni_A, self.lora_A).to(dtype) if self.spec.has_core else None
+            banks = (self.lora_A.to(dtype), self.lora_B.to(dtype), A_core)
+        if key is not None:
+            self._banks_cache = (key, banks)
+        return banks
+
     def _calls(self, x: Tensor) -> list[tuple[Tensor, Tensor | None, Tensor, float | Tensor, RoutePlan | None]]:
         """``(a_idx, u_idx, b_idx, scale, plan)`` for every route this layer applies to the rows of ``x``."""
         if self.router is not None:
@@ -186,19 +206,24 @@ class RoutedLoRALinear(nn.Module):
         if not calls:
             return self.base_layer(x)
         adapter_input = self.lora_dropout(x) if self.training else x
-        A = self.lora_A.to(x.dtype)
-        B = self.lora_B.to(x.dtype)
-        U = self.core(x.dtype)
+        if torch.is_grad_enabled():
+            A, B, U, A_core = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype), self.core(x.dtype), None
+        else:
+            (A, B, A_core), U = self.inference_banks(x.dtype), None
         weight, bias = self.base_layer.weight, self.base_layer.bias
         out = None
         for a_idx, u_idx, b_idx, scale, plan in calls:
-            core = U if u_idx is not None else None
+            bank, core, core_idx = A, None, None
+            if u_idx is not None:
+                bank, core, core_idx = (A_core, None, None) if A_core is not None else (A, U, u_idx)
             if out is None and adapter_input is x and weight.dtype == x.dtype:
-                out = routed_linear(x, weight, bias, A, B, a_idx, b_idx, U=core, u_idx=u_idx, scale=scale, plan=plan)
+                out = routed_linear(x, weight, bias, bank, B, a_idx, b_idx, U=core, u_idx=core_idx, scale=scale,
+                                    plan=plan)
                 continue
             if out is None:
                 out = self.base_layer(x)
-            out = out + routed_lora_delta(adapter_input, A, B, a_idx, b_idx, U=core, u_idx=u_idx, scale=scale, plan=plan)
+            out = out + routed_lora_delta(adapter_input, bank, B, a_idx, b_idx, U=core, u_idx=core_idx, scale=scale,
+                                          plan=plan)
         return out
 
     # ------------------------------------------------------------------------------------------ one direction

@@ -16,8 +16,9 @@ None: the delta alone), and its gradients:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
+import torch
 from torch import Tensor
 
 from lora_route.kernels.plan import RoutePlan, build_plan_tensors
@@ -25,20 +26,37 @@ from lora_route.kernels.plan import RoutePlan, build_plan_tensors
 
 @dataclass
 class RowRoutes:
-    """The per-row bank indices of one call ((T,) int, -1 = no adapter) and their segment plan, built from the
-    indices on first use when the caller passed none (backends that need no plan never build one)."""
+    """The per-row bank indices of one call ((T,) int, -1 = no adapter) and their segment plan: the caller's
+    ``shared_plan`` when it passed a :func:`~lora_route.kernels.plan.plan_routes` plan built from these very indices,
+    else one built from ``plan_tensors`` or from the indices on first use (backends that need no plan never build
+    one)."""
 
     a_idx: Tensor
     u_idx: Tensor | None
     b_idx: Tensor
     plan_tensors: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    shared_plan: RoutePlan | None = None
     _plan: RoutePlan | None = field(default=None, init=False, repr=False)
 
     def plan(self) -> RoutePlan:
         if self._plan is None:
-            tensors = self.plan_tensors or build_plan_tensors(self.a_idx, self.b_idx, self.u_idx)
-            self._plan = RoutePlan(*tensors)
+            if self.shared_plan is not None:
+                self._plan = self.shared_plan
+            else:
+                self._plan = RoutePlan(*(self.plan_tensors or build_plan_tensors(self.a_idx, self.b_idx, self.u_idx)))
         return self._plan
+
+    def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()``, a value derived from these routes alone; kept in the shared plan under ``key`` (which must name
+        everything else the value depends on), so that every call passing that plan builds it once. Built afresh
+        while a CUDA graph is being captured, so that the graph computes it at every replay instead of keeping memory
+        of the graph's pool."""
+        if self.shared_plan is None or (self.a_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return build()
+        value = self.shared_plan.derived.get(key)
+        if value is None:
+            value = self.shared_plan.derived[key] = build()
+        return value
 
 
 class Backend(NamedTuple):

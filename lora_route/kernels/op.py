@@ -25,9 +25,18 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------- the custom ops
-def _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments) -> RowRoutes:
+def _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments,
+            shared_plan: RoutePlan | None = None) -> RowRoutes:
     plan_tensors = None if row_order is None else (row_order, segment_starts, segment_routes, num_segments)
-    return RowRoutes(a_idx, u_idx, b_idx, plan_tensors)
+    return RowRoutes(a_idx, u_idx, b_idx, plan_tensors, shared_plan)
+
+
+def _run_forward(backend: str, check_indices: bool, x, weight, bias, A, B, U, row_scale, scale,
+                 routes: RowRoutes) -> tuple[Tensor, Tensor]:
+    """``(out, z)``: ``out`` (T, d_out) = base (when ``weight`` is given) + delta; ``z`` (T, r) = A[a]·x."""
+    if check_indices:
+        _check_indices(routes.a_idx, routes.b_idx, routes.u_idx, A, B, U)
+    return get_backend(backend).forward(x, weight, bias, A, B, U, row_scale, scale, routes)
 
 
 def _check_indices(a_idx: Tensor, b_idx: Tensor, u_idx: Tensor | None, A: Tensor, B: Tensor, U: Tensor | None) -> None:
@@ -68,11 +77,9 @@ def _routed_lora_forward_impl(
     check_indices: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """``(out, z)``: ``out`` (T, d_out) = base (when ``weight`` is given) + delta; ``z`` (T, r) = A[a]·x."""
-    if check_indices:
-        _check_indices(a_idx, b_idx, u_idx, A, B, U)
+    """The custom op's forward: :func:`_run_forward` on the routes given as tensors."""
     routes = _routes(a_idx, b_idx, u_idx, row_order, segment_starts, segment_routes, num_segments)
-    return get_backend(backend).forward(x, weight, bias, A, B, U, row_scale, scale, routes)
+    return _run_forward(backend, check_indices, x, weight, bias, A, B, U, row_scale, scale, routes)
 
 
 _routed_lora_forward = torch.library.custom_op("lora_route::routed_lora_forward", _routed_lora_forward_impl,
@@ -257,15 +264,19 @@ def _call(x, weight, bias, A, B, a_idx, b_idx, U, u_idx, scale, plan, backend):
     name = resolve_backend_cached(backend, x, A.shape[1], weight, num_rows)
     plan_tensors = plan.tensors() if plan is not None else (None, None, None, None)
     check_indices = plan is None or plan.index_bounds is None
-    args = (x2d, weight, bias, A.contiguous(), B.contiguous(), U.contiguous() if U is not None else None,
-            a_idx, b_idx, u_idx, row_scale, scale_value, *plan_tensors, check_indices, name)
+    A, B, U = A.contiguous(), B.contiguous(), U.contiguous() if U is not None else None
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
             isinstance(t, Tensor) and t.requires_grad for t in (x, weight, bias, A, B, U, row_scale))):
-        out, _ = _routed_lora_forward(*args)
+        out, _ = _routed_lora_forward(x2d, weight, bias, A, B, U, a_idx, b_idx, u_idx, row_scale, scale_value,
+                                      *plan_tensors, check_indices, name)
     else:
         # Eager calls that record no autograd graph (decoding) skip the custom op's dispatch: the same implementation
-        # without the dispatcher's host time, which at decode sizes is more than the rest of the call.
-        out, _ = _routed_lora_forward_impl(*args)
+        # without the dispatcher's host time, which at decode sizes is more than the rest of the call. A plan that
+        # vouches for the indices is passed on, so that what the backend derives from the routes is built once per
+        # plan (per step), not once per layer.
+        shared_plan = plan if (plan is not None and plan.indices is not None) else None
+        routes = _routes(a_idx, b_idx, u_idx, *plan_tensors, shared_plan)
+        out, _ = _run_forward(name, check_indices, x2d, weight, bias, A, B, U, row_scale, scale_value, routes)
     return out if flat else out.reshape(*x.shape[:-1], out.shape[-1])
 
 

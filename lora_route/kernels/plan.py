@@ -7,7 +7,7 @@ of segments ``S`` is a device scalar and the unused tail of the padded tensors h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ class RoutePlan:
     index_versions:  their version counters then (-1 for inference tensors, which carry none): a call that passes the
                      plan with other index tensors, or with these changed in place since, is refused
                      (:meth:`check_built_from`).
+    derived:         values a backend derives from the routes (key → value), built by the first call that passes
+                     this plan and reused by every later call that passes it (the layers of a model in one step).
     """
 
     row_order: Tensor
@@ -48,6 +50,7 @@ class RoutePlan:
     index_bounds: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
     indices: tuple[Tensor, Tensor, Tensor | None] | None = None
     index_versions: tuple[int, int, int] | None = None
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -58,11 +61,13 @@ class RoutePlan:
 
     def check_built_from(self, a_idx: Tensor, b_idx: Tensor, u_idx: Tensor | None) -> None:
         """ValueError unless this plan was built by :func:`plan_routes` from these very index tensors and none of them
-        has been changed in place since (plans built inside a compiled graph record no indices and are not checked)."""
+        has been changed in place since (plans built inside a compiled graph record no indices and are not checked).
+        A call without core (``u_idx`` None) may pass a plan built with core indices: its segments, one per
+        ``(a, u, b)``, are the call's ``(a, b)`` groups or finer, which every backend serves."""
         if self.indices is None:
             return
         for name, given, built in zip(("a_idx", "b_idx", "u_idx"), (a_idx, b_idx, u_idx), self.indices):
-            if given is not built:
+            if given is not built and not (name == "u_idx" and given is None):
                 raise ValueError(f"the plan was built from other index tensors than the {name} passed with it; "
                                  "build it with plan_routes() from the indices of this call")
         if _versions(self.indices) != self.index_versions:

@@ -3,13 +3,14 @@
 Two formulations of the same sums, chosen per call by the banks' size:
 
 * **dense** (few or small banks): every row's rank-space values are computed against all banks at once and the
-  unused blocks masked — one GEMM against the concatenated A bank, a gather of each row's block, a scatter into a
-  (T, n_b·r) one-hot layout and one GEMM against B laid out as (n_b·r, d_out), accumulated into the base output.
-  No host synchronisation, no loop over segments, so a decode step costs a few small launches whatever the batch
-  mixes; the price is n_a (resp. n_b) times the rank-space
-  work of one adapter, so it is used while that stays under :data:`DENSE_MAX_SHARE` of the base GEMM's work
-  (``n_a·r ≤ share·d_out`` and ``n_b·r ≤ share·d_in``). The backward is the same one-hot algebra: deterministic, no
-  atomics.
+  unused blocks masked — one GEMM against the concatenated A bank, a gather of each row's block, a product with a
+  per-row weight that is the row's scale in its B bank's block and zero in the others (a (T, n_b·r) one-hot
+  layout; the gather index and the weights are built once per shared plan, i.e. once per step, not per layer) and
+  one GEMM against B laid out as (n_b·r, d_out), accumulated into the base output. No host synchronisation, no loop
+  over segments, so a decode step costs a few small launches whatever the batch mixes; the price is n_a (resp. n_b)
+  times the rank-space work of one adapter, so it is used while that stays under :data:`DENSE_MAX_SHARE` of the
+  base GEMM's work (``n_a·r ≤ share·d_out`` and ``n_b·r ≤ share·d_in``). The backward is the same one-hot algebra:
+  deterministic, no atomics.
 * **segments** (many banks): one pair of GEMMs per segment of the row plan
   (:func:`lora_route.kernels.reference.segment_forward`), with a host synchronisation to read the segments.
 """
@@ -105,15 +106,35 @@ def _expand_layout(B: Tensor) -> Tensor:
     return cached[2]
 
 
+def _dense_selectors(routes: RowRoutes, rank: int, banks_b: int, row_scale: Tensor | None, scale: float,
+                     dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a_block (T, 1, r) int64, b_weights (T, n_b, 1), active (T, 1) bool)``: the index of each row's A bank for
+    a gather from its (n_a, r) rank-space values (bank 0 for rows without adapter), the row's scale in its B bank's
+    entry and zero in the others (all zero for rows without adapter), and which rows have an adapter. Without a
+    per-row scale they depend on the routes alone and are built once per shared plan."""
+
+    def build() -> tuple[Tensor, Tensor, Tensor]:
+        active = routes.a_idx >= 0
+        a_block = routes.a_idx.clamp(min=0).view(-1, 1, 1).expand(-1, 1, rank)
+        banks = torch.arange(banks_b, device=routes.b_idx.device)
+        b_weights = (routes.b_idx.view(-1, 1) == banks).to(dtype) * _row_scales(row_scale, scale, active, dtype)
+        return a_block, b_weights.unsqueeze(2), active.unsqueeze(1)
+
+    if row_scale is not None:
+        return build()
+    return routes.derived(("dense_selectors", rank, banks_b, scale, dtype), build)
+
+
 def dense_shrink(x: Tensor, A: Tensor, U: Tensor | None, row_scale: Tensor | None, scale: float, routes: RowRoutes,
                  banks_b: int) -> tuple[Tensor, Tensor]:
     """``(spread (T, n_b·r), z (T, r))``: each row's scaled ``U[u]·A[a]·x`` in the block of its B bank (zero for rows
     without adapter, which get a zero scale), and ``z = A[a]·x`` (zero on rows without adapter)."""
     n_a, rank, d_in = A.shape
-    active = routes.a_idx >= 0
-    z = _select(x @ A.reshape(n_a * rank, d_in).t(), routes.a_idx, rank)
-    scaled = _apply_core(U, routes.u_idx, z) * _row_scales(row_scale, scale, active, x.dtype)
-    return _spread(scaled, routes.b_idx, banks_b), torch.where(active.unsqueeze(1), z, 0)
+    num_rows = x.shape[0]
+    a_block, b_weights, active = _dense_selectors(routes, rank, banks_b, row_scale, scale, x.dtype)
+    z = (x @ A.reshape(n_a * rank, d_in).t()).view(num_rows, n_a, rank).gather(1, a_block).squeeze(1)
+    spread = _apply_core(U, routes.u_idx, z).unsqueeze(1) * b_weights
+    return spread.view(num_rows, banks_b * rank), torch.where(active, z, 0)
 
 
 def dense_delta(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale: Tensor | None, scale: float,

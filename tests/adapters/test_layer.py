@@ -180,3 +180,27 @@ def test_wraps_only_linear_layers_and_half_precision_bases_keep_fp32_adapters():
     layer.route_source = FixedRoutes((torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), None))
     out = layer(torch.randn(2, 8, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16
+
+
+def test_calls_without_grad_fold_the_unicore_into_the_source_experts_and_follow_factor_changes():
+    """Decoding applies U·A[a] from banks kept between calls; they must give the grad-mode result and be rebuilt when
+    any factor changes (an optimizer step, a load)."""
+    layer = _layer("unilora", r_uni=6)
+    a = torch.tensor([0, 1, 2, -1, 1])
+    u = torch.zeros(5, dtype=torch.int64).where(a >= 0, -1)
+    layer.route_source = FixedRoutes((a, torch.tensor([1, 0, 2, -1, 2]), u))
+    x = torch.randn(5, 12)
+    for factor in ("uni_A", "uni_B", "lora_A", "lora_B"):
+        with torch.no_grad():
+            folded = layer(x)
+        torch.testing.assert_close(folded, layer(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(folded[3], layer.base_layer(x)[3])
+        banks = layer.inference_banks(torch.float32)
+        assert all(kept is new for kept, new in zip(banks, layer.inference_banks(torch.float32)))
+        with torch.no_grad():
+            getattr(layer, factor).mul_(-0.5)
+        assert layer.inference_banks(torch.float32)[2] is not banks[2]
+    half = layer.inference_banks(torch.bfloat16)
+    assert [bank.dtype for bank in half] == [torch.bfloat16] * 3
+    assert layer.inference_banks(torch.bfloat16)[1] is half[1]
+    assert layer.inference_banks(torch.float32)[2] is not half[2]

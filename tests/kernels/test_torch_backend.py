@@ -113,3 +113,25 @@ def test_a_dense_decode_call_never_synchronises_or_loops_over_segments(monkeypat
     monkeypatch.setattr(RowRoutes, "plan", lambda self: pytest.fail("built a plan"))
     out, z = torch_backend.forward(t["x"], None, None, t["A"], t["B"], t["U"], t["row_scale"], 0.5, routes)
     assert out.shape == (12, 128) and z.shape == (12, 8)
+
+
+def test_the_dense_selectors_are_built_once_per_shared_plan():
+    """Decoding passes one plan to every layer of a step: the first dense call builds the gather index and the per-row
+    weights, the others reuse them (keyed by what else they depend on), with the result of a call without a plan."""
+    t, routes, plan = _case((12, 64, 128, 8, 3, 3, 1, False, 0.2), torch.float32)
+    args = (t["x"], None, None, t["A"], t["B"], t["U"], None)
+
+    def shared():
+        return RowRoutes(routes.a_idx, routes.u_idx, routes.b_idx, shared_plan=plan)
+
+    expected, _ = torch_backend.forward(*args, 0.5, routes)
+    first, _ = torch_backend.forward(*args, 0.5, shared())
+    built = dict(plan.derived)
+    second, _ = torch_backend.forward(*args, 0.5, shared())
+    assert len(built) == 1 and all(plan.derived[key] is value for key, value in built.items())
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    torch_backend.forward(*args, 0.25, shared())
+    assert len(plan.derived) == 2
+    with_row_scale = t["x"].new_ones(12)
+    torch_backend.forward(*args[:-1], with_row_scale, 0.5, shared())
+    assert len(plan.derived) == 2

@@ -4,6 +4,7 @@ import torch
 
 import lora_route
 from lora_route import routed_linear, routed_lora_delta
+from lora_route.kernels import reference, torch_backend
 
 T, D_IN, D_OUT, R, N = 6, 8, 5, 2, 3
 
@@ -235,3 +236,17 @@ def test_double_backward_raises_a_clear_error():
     first = routed_lora_delta(x, A, B, a_idx, b_idx).square().sum()
     grad_x, grad_a = torch.autograd.grad(first, (x, A))
     assert grad_x.shape == x.shape and grad_a.shape == A.shape
+
+
+def test_a_plan_built_with_core_indices_serves_a_call_without_core():
+    """Decoding folds the UniCore into the source experts and calls without core, with the plan the routing built
+    from (a_idx, u_idx, b_idx): its segments, one per (a, u, b), are the call's (a, b) groups or finer."""
+    x, A, B, a_idx, b_idx = _args()
+    u_idx = torch.zeros_like(a_idx).where(a_idx >= 0, -1)
+    plan = lora_route.plan_routes(a_idx, b_idx, u_idx)
+    expected = reference.routed_lora_delta(x, A, B, a_idx, b_idx)
+    for formulation in torch_backend.FORMULATIONS:
+        with torch_backend.forced_formulation(formulation):
+            torch.testing.assert_close(routed_lora_delta(x, A, B, a_idx, b_idx, plan=plan), expected)
+    with pytest.raises(ValueError, match="other index tensors than the u_idx"):
+        routed_lora_delta(x, A, B, a_idx, b_idx, U=torch.eye(R).unsqueeze(0), u_idx=u_idx.clone(), plan=plan)
