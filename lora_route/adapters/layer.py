@@ -165,6 +165,8 @@ class RoutedLoRALinear(nn.Module):
         ``A_core`` holds ``U·A[a]`` per bank (the UniCore folded into the source experts, so that a routed call needs
         no core step; None without core). Kept until a factor changes; recomputed while a CUDA graph is being
         captured, so that every replay reads the current factors."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"inference_banks needs a floating-point torch.dtype, got {dtype!r}")
         factors = [self.lora_A, self.lora_B] + ([self.uni_A, self.uni_B] if self.spec.has_core else [])
         if self.lora_A.is_cuda and torch.cuda.is_current_stream_capturing():
             key = None

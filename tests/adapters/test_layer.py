@@ -204,3 +204,5 @@ def test_calls_without_grad_fold_the_unicore_into_the_source_experts_and_follow_
     assert [bank.dtype for bank in half] == [torch.bfloat16] * 3
     assert layer.inference_banks(torch.bfloat16)[1] is half[1]
     assert layer.inference_banks(torch.float32)[2] is not half[2]
+    with pytest.raises(TypeError, match="floating-point torch.dtype, got torch.int64"):
+        layer.inference_banks(torch.int64)
