@@ -23,6 +23,10 @@ from torch import Tensor
 
 from lora_route.kernels.plan import RoutePlan, build_plan_tensors
 
+# Entries a plan keeps in ``derived``; more kinds of call than this on one plan (keys that never repeat, such as a NaN
+# scale) start it afresh rather than grow it without bound.
+DERIVED_MAX_ENTRIES = 64
+
 
 @dataclass
 class RowRoutes:
@@ -53,9 +57,12 @@ class RowRoutes:
         of the graph's pool."""
         if self.shared_plan is None or (self.a_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
             return build()
-        value = self.shared_plan.derived.get(key)
+        derived = self.shared_plan.derived
+        value = derived.get(key)
         if value is None:
-            value = self.shared_plan.derived[key] = build()
+            if len(derived) >= DERIVED_MAX_ENTRIES:
+                derived.clear()
+            value = derived[key] = build()
         return value
 
 

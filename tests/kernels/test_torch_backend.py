@@ -7,7 +7,7 @@ import torch
 
 from lora_route import plan_routes
 from lora_route.kernels import reference, torch_backend
-from lora_route.kernels.backend import RowRoutes
+from lora_route.kernels.backend import DERIVED_MAX_ENTRIES, RowRoutes
 
 # |got - ref| <= TOLERANCE · (sum of |terms|), elementwise
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -135,3 +135,12 @@ def test_the_dense_selectors_are_built_once_per_shared_plan():
     with_row_scale = t["x"].new_ones(12)
     torch_backend.forward(*args[:-1], with_row_scale, 0.5, shared())
     assert len(plan.derived) == 2
+
+
+def test_a_shared_plan_keeps_a_bounded_number_of_derived_values():
+    """A scale that never compares equal to itself (NaN) makes a new key at every call: the plan must not grow."""
+    t, routes, plan = _case((4, 64, 128, 8, 3, 3, 0, False, 0.0), torch.float32)
+    for _ in range(3 * DERIVED_MAX_ENTRIES):
+        torch_backend.forward(t["x"], None, None, t["A"], t["B"], None, None, float("nan"),
+                              RowRoutes(routes.a_idx, None, routes.b_idx, shared_plan=plan))
+    assert 0 < len(plan.derived) <= DERIVED_MAX_ENTRIES
