@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"routed UniLoRA decoding {ratios['lora_route_unilora']:.3f}× the unpatched model (paired "
           f"{paired['lora_route_unilora']:.3f}×, target <= {overhead['target_ratio']}), PEFT mixed batch "
           f"{ratios['peft_mixed']:.3f}× (paired {paired['peft_mixed']:.3f}×)")
+    module_us, extra = overhead["module_us_per_call"], overhead["module_extra_us_per_decode_call"]
+    print(f"a targeted module's decode step: unpatched {module_us['unpatched']['decode']:.0f} µs, routed "
+          f"{extra['lora_route_unilora']:+.0f} µs, PEFT {extra['peft_mixed']:+.0f} µs")
     print(f"wrote {out / args.name}.json and .png")
     return 0
 

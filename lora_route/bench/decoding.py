@@ -5,7 +5,9 @@
   patched with UniLoRA (random B, so that the delta is not zero) and PEFT's mixed-adapter batch (one LoRA per
   direction on the same modules, rows routed by ``adapter_names=``); the median of ``reps`` alternating
   repetitions and each one's ratio to the unpatched model, and the median of the ratios within each repetition
-  (which a slow spell of the machine moves less).
+  (which a slow spell of the machine moves less); then, in one more untimed call each, the median µs per forward of
+  the targeted modules (prompt and one-token steps apart), which shows how much of the difference the adapted
+  modules themselves take.
 - :func:`first_line_stopping`: messages per second of the evaluation's decoding
   (:func:`lora_route.eval.evaluate.decode_pairs`) of a test set as it is — greedy decoding that takes each row out of
   the batch once its first line is complete or it has emitted EOS — in batches of the evaluation's size and in one
@@ -91,17 +93,50 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
                 call()
                 _synchronize(device)
                 times[name].append(time.perf_counter() - started)
+        models = {"unpatched": model, "lora_route_unilora": patched, "peft_mixed": peft_model}
+        module_us = {name: _targeted_module_times(models[name], call, device) for name, call in calls.items()}
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         "prompts": prompts, "new_tokens": new_tokens, "directions": len(directions), "reps": reps,
         "adapter": {"method": "unilora", "r": r, "r_uni": r_uni, "target_modules": list(DEFAULT_TARGET_MODULES)},
         "seconds": times, "median_s": medians,
+        "module_us_per_call": module_us,
+        "module_extra_us_per_decode_call": {name: times_us["decode"] - module_us["unpatched"]["decode"]
+                                            for name, times_us in module_us.items()},
         "ratio_to_unpatched": {name: medians[name] / medians["unpatched"] for name in calls},
         "paired_ratio_median": {name: statistics.median(t / u for t, u in zip(values, times["unpatched"]))
                                 for name, values in times.items()},
         "target_ratio": MAX_ROUTED_DECODE_RATIO,
         "met": medians["lora_route_unilora"] / medians["unpatched"] <= MAX_ROUTED_DECODE_RATIO,
     }
+
+
+def _targeted_module_times(model: nn.Module, call: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Median µs per forward of ``model``'s modules at the :data:`DEFAULT_TARGET_MODULES` paths (the routed layers,
+    PEFT's LoRA layers or the plain ``nn.Linear``) during one untimed ``call()``: ``prefill`` for the prompt's
+    forward, ``decode`` for one-token steps (a separate pass, so that the hooks do not touch the timed calls)."""
+    per_call: dict[str, list[float]] = {"prefill": [], "decode": []}
+    started: dict[nn.Module, float] = {}
+
+    def before(module, args):
+        _synchronize(device)
+        started[module] = time.perf_counter()
+
+    def after(module, args, output):
+        _synchronize(device)
+        kind = "decode" if args[0].dim() >= 3 and args[0].shape[1] == 1 else "prefill"
+        per_call[kind].append((time.perf_counter() - started.pop(module)) * 1e6)
+
+    handles = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in DEFAULT_TARGET_MODULES:
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {kind: statistics.median(values) if values else float("nan") for kind, values in per_call.items()}
 
 
 def _routed_generate(model, batch, settings, src, tgt):

@@ -18,6 +18,12 @@ def test_routed_decode_overhead_measures_all_three_and_leaves_the_model_alone():
     assert result["paired_ratio_median"]["peft_mixed"] == pytest.approx((peft_1 / base_1 + peft_2 / base_2) / 2)
     assert all(len(times) == 2 and min(times) > 0 for times in result["seconds"].values())
     assert result["met"] == (result["ratio_to_unpatched"]["lora_route_unilora"] <= result["target_ratio"])
+    module_us = result["module_us_per_call"]
+    assert set(module_us) == set(result["seconds"])
+    assert all(times["prefill"] > 0 and times["decode"] > 0 for times in module_us.values())
+    assert result["module_extra_us_per_decode_call"]["peft_mixed"] == pytest.approx(
+        module_us["peft_mixed"]["decode"] - module_us["unpatched"]["decode"])
+    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
     assert not routed_modules(model) and not model.training and not hasattr(model, "peft_config")
     with pytest.raises(ValueError, match="reps"):
         routed_decode_overhead(model, tokenizer, reps=0)
