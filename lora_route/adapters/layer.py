@@ -61,7 +61,6 @@ class RoutedLoRALinear(nn.Module):
         self.route_source: RowRoutes | None = None
         self.merged_routes: tuple[tuple[int, int, int], ...] | None = None
         self._merged_factors: tuple[Tensor, Tensor] | None = None
-        self._core_cache: tuple[tuple, Tensor] | None = None
         self._banks_cache: tuple[tuple, tuple[Tensor, Tensor, Tensor | None]] | None = None
         self.load_balancing_loss: Tensor | None = None
         self.reset_adapter_parameters()
@@ -146,19 +145,12 @@ class RoutedLoRALinear(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def core(self, dtype: torch.dtype | None = None) -> Tensor | None:
-        """UniCore ``U = Uni_B · Uni_A`` as a (1, r, r) bank (None without core); differentiable. Without grad mode
-        (decoding) the product is kept until ``Uni_A`` / ``Uni_B`` change, instead of being recomputed per call;
-        while a CUDA graph is being captured it is recomputed, so that every replay reads the current factors."""
+        """UniCore ``U = Uni_B · Uni_A`` as a (1, r, r) bank (None without core); differentiable. Calls without grad
+        read it folded into the source experts instead (:meth:`inference_banks`)."""
         if not self.spec.has_core:
             return None
-        if torch.is_grad_enabled() or (self.uni_A.is_cuda and torch.cuda.is_current_stream_capturing()):
-            core = (self.uni_B @ self.uni_A).unsqueeze(0)
-            return core if dtype is None else core.to(dtype)
-        key = (self.uni_A._version, self.uni_B._version, self.uni_A.data_ptr(), self.uni_B.data_ptr(), dtype)
-        if self._core_cache is None or self._core_cache[0] != key:
-            core = (self.uni_B @ self.uni_A).unsqueeze(0)
-            self._core_cache = (key, core if dtype is None else core.to(dtype))
-        return self._core_cache[1]
+        core = (self.uni_B @ self.uni_A).unsqueeze(0)
+        return core if dtype is None else core.to(dtype)
 
     def inference_banks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(A (n_a, r, d_in), B (n_b, d_out, r), A_core)`` in ``dtype`` for calls that record no autograd graph:
@@ -175,7 +167,7 @@ class RoutedLoRALinear(nn.Module):
             if self._banks_cache is not None and self._banks_cache[0] == key:
                 return self._banks_cache[1]
         with torch.no_grad():
-            A_core = torch.matmul(self.uni_B @ self.uni_A, self.lora_A).to(dtype) if self.spec.has_core else None
+            A_core = torch.matmul(self.core()[0], self.lora_A).to(dtype) if self.spec.has_core else None
             banks = (self.lora_A.to(dtype), self.lora_B.to(dtype), A_core)
         if key is not None:
             self._banks_cache = (key, banks)

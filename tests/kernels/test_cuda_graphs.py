@@ -110,8 +110,8 @@ class _PlannedRoutes:
 
 
 def test_a_unilora_layer_replays_with_its_current_core():
-    """The layer keeps its UniCore product between decoding calls; a graph recorded with the kept product would go on
-    reading it after Uni_A / Uni_B change."""
+    """The layer keeps its banks with the UniCore folded in between decoding calls; a graph recorded with the kept banks
+    would go on reading them after Uni_A / Uni_B change."""
     from lora_route.adapters.config import RoutedLoRAConfig
     from lora_route.adapters.layer import RoutedLoRALinear
 
