@@ -64,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         rates, identical = row["messages_per_s"], row["identical_outputs"]
         print(f"{row['model']}: {rates['decode_to_eos']:.2f} -> {rates['stop_at_first_line']:.2f} messages/s "
               f"({row['speedup']:.2f}×, target {row['target_speedup']}×, {identical['stop_at_first_line']}/"
-              f"{row['messages']} outputs identical); in one batch {rates['stop_at_first_line_one_batch']:.2f} "
-              f"({row['speedup_one_batch']:.2f}×, {identical['stop_at_first_line_one_batch']} identical)")
+              f"{row['messages']} outputs identical); without the output-layer screen "
+              f"{rates['stop_at_first_line_full_output_layer']:.2f} ({row['speedup_full_output_layer']:.2f}×); in "
+              f"one batch {rates['stop_at_first_line_one_batch']:.2f} ({row['speedup_one_batch']:.2f}×, "
+              f"{identical['stop_at_first_line_one_batch']} identical)")
     ratios, paired = overhead["ratio_to_unpatched"], overhead["paired_ratio_median"]
     print(f"routed UniLoRA decoding {ratios['lora_route_unilora']:.3f}× the unpatched model (paired "
           f"{paired['lora_route_unilora']:.3f}×, target <= {overhead['target_ratio']}), PEFT mixed batch "

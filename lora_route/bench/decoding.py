@@ -10,9 +10,10 @@
   modules themselves take.
 - :func:`first_line_stopping`: messages per second of the evaluation's decoding
   (:func:`lora_route.eval.evaluate.decode_pairs`) of a test set as it is — greedy decoding that takes each row out of
-  the batch once its first line is complete or it has emitted EOS — in batches of the evaluation's size and in one
-  batch, and as it was before: transformers' ``generate``, every row on to EOS or the token budget; and how many
-  outputs agree.
+  the batch once its first line is complete or it has emitted EOS, its output layer screened in bfloat16
+  (:mod:`lora_route.eval.output_argmax`) — in batches of the evaluation's size and in one batch, the same without the
+  screen (the whole float32 output layer at every step), and as it was before: transformers' ``generate``, every
+  row on to EOS or the token budget; and how many outputs agree.
 """
 from __future__ import annotations
 
@@ -147,41 +148,46 @@ def _routed_generate(model, batch, settings, src, tgt):
 def first_line_stopping(models: dict[str, tuple[nn.Module, Any]], pairs: Sequence[Any], *, batch_size: int,
                         log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
     """For each ``name → (model, tokenizer)``: seconds and messages per second of greedy ``decode_pairs`` over
-    ``pairs`` in three modes — with first-line stopping (finished rows leave the batch) in batches of
-    ``batch_size``, the same with every pair in one batch, and ``generate`` decoding every row to the end in batches
-    of ``batch_size`` — the two stopping modes' speedups over ``generate`` and how many of their outputs equal its
-    outputs (in one batch the token budget follows the longest source of all, so rows that reach it may write
-    more). One untimed batch warms each model up first, so that no mode pays for the first call."""
+    ``pairs`` in four modes — with first-line stopping (finished rows leave the batch, the output layer screened) in
+    batches of ``batch_size``, the same with the whole float32 output layer at every step, the same as the first
+    with every pair in one batch, and ``generate`` decoding every row to the end in batches of ``batch_size`` — the
+    stopping modes' speedups over ``generate`` and how many of their outputs equal its outputs (in one batch the
+    token budget follows the longest source of all, so rows that reach it may write more). One untimed batch warms
+    each model up first, so that no mode pays for the first call."""
     if not pairs:
         raise ValueError("first_line_stopping needs at least one test pair")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    modes = (("stop_at_first_line", True, batch_size), ("stop_at_first_line_one_batch", True, len(pairs)),
-             ("decode_to_eos", False, batch_size))
+    modes = (("stop_at_first_line", {}, batch_size),
+             ("stop_at_first_line_full_output_layer", {"screen_output": False}, batch_size),
+             ("stop_at_first_line_one_batch", {}, len(pairs)), ("decode_to_eos", {"stop_early": False}, batch_size))
+    stopping_modes = [mode for mode, _, _ in modes[:3]]
     results = []
     for name, (model, tokenizer) in models.items():
         decode_pairs(model, tokenizer, pairs[:batch_size], batch_size=batch_size, progress=False)
         device = next(model.parameters()).device
         outputs, seconds = {}, {}
-        for mode, stop_early, mode_batch in modes:
+        for mode, settings, mode_batch in modes:
             _synchronize(device)
             started = time.perf_counter()
             outputs[mode] = decode_pairs(model, tokenizer, pairs, batch_size=mode_batch, progress=False,
-                                         translate_fn=partial(translate, stop_early=stop_early))
+                                         translate_fn=partial(translate, **settings))
             _synchronize(device)
             seconds[mode] = time.perf_counter() - started
             log(f"{name} {mode}: {seconds[mode]:.1f} s for {len(pairs)} messages")
         before = outputs["decode_to_eos"]
-        speedups = {mode: seconds["decode_to_eos"] / seconds[mode] for mode, _, _ in modes[:2]}
+        speedups = {mode: seconds["decode_to_eos"] / seconds[mode] for mode in stopping_modes}
         target = MIN_BASE_STOP_SPEEDUP if getattr(model, "routed_lora_config", None) is None \
             else MIN_ADAPTER_STOP_SPEEDUP
         results.append({
             "model": name, "messages": len(pairs), "batch_size": batch_size, "seconds": seconds,
             "messages_per_s": {mode: len(pairs) / s for mode, s in seconds.items()},
-            "speedup": speedups["stop_at_first_line"], "speedup_one_batch": speedups["stop_at_first_line_one_batch"],
+            "speedup": speedups["stop_at_first_line"],
+            "speedup_full_output_layer": speedups["stop_at_first_line_full_output_layer"],
+            "speedup_one_batch": speedups["stop_at_first_line_one_batch"],
             "target_speedup": target, "met": speedups["stop_at_first_line"] >= target,
-            "identical_outputs": {mode: sum(a == b for a, b in zip(outputs[mode], before)) for mode, _, _ in modes[:2]},
-            "differing": [{"mode": mode, "index": i, "output": a, "decode_to_eos": b} for mode, _, _ in modes[:2]
+            "identical_outputs": {mode: sum(a == b for a, b in zip(outputs[mode], before)) for mode in stopping_modes},
+            "differing": [{"mode": mode, "index": i, "output": a, "decode_to_eos": b} for mode in stopping_modes
                           for i, (a, b) in enumerate(zip(outputs[mode], before)) if a != b]})
     return results
 
@@ -200,9 +206,11 @@ def write_decoding_plot(result: dict, path) -> None:
                    "directions mixed", fontsize=9)
     left.legend(fontsize=8)
     models = [row["model"] for row in stopping]
-    for offset, mode in ((-0.27, "decode_to_eos"), (0.0, "stop_at_first_line"), (0.27, "stop_at_first_line_one_batch")):
-        right.bar([i + offset for i in range(len(models))], [row["messages_per_s"][mode] for row in stopping],
-                  width=0.27, label=mode.replace("_", " "))
+    bars = ("decode_to_eos", "stop_at_first_line_full_output_layer", "stop_at_first_line",
+            "stop_at_first_line_one_batch")
+    for number, mode in enumerate(bars):
+        right.bar([i + (number - 1.5) * 0.2 for i in range(len(models))],
+                  [row["messages_per_s"][mode] for row in stopping], width=0.2, label=mode.replace("_", " "))
     right.set_xticks(range(len(models)), labels=models)
     right.set_ylabel("messages / s")
     right.set_title("greedy decoding of the demo test set", fontsize=9)

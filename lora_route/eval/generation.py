@@ -87,11 +87,13 @@ def _clean(text: str, first_line: bool) -> str:
 def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | str, tgt: Sequence[str] | str, *,
               num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 16,
               template: str | None = None, chat_template: bool = False, first_line: bool = True,
-              stop_early: bool = True) -> list[str]:
+              stop_early: bool = True, screen_output: bool = True) -> list[str]:
     """Translate ``sentences[i]`` from ``src[i]`` into ``tgt[i]`` (codes, or one code for all); returns strings in
     input order. ``max_new_tokens`` defaults to twice the longest source (in tokens) plus 16, per batch.
     ``stop_early=False`` decodes with ``generate``, every row on to EOS or ``max_new_tokens`` even when only its first
-    line is kept (the same output, more work; for measuring what stopping saves)."""
+    line is kept (the same output, more work; for measuring what stopping saves). ``screen_output=False`` has greedy
+    decoding compute the whole float32 output layer at every step rather than screen it
+    (:mod:`lora_route.eval.output_argmax`; the same tokens, more work)."""
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise ValueError("sentences must be a list of strings")
     if not all(isinstance(s, str) for s in sentences):
@@ -101,7 +103,7 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
     for name, value in (("num_beams", num_beams), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("first_line", first_line), ("stop_early", stop_early)):
+    for name, value in (("first_line", first_line), ("stop_early", stop_early), ("screen_output", screen_output)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
@@ -133,7 +135,7 @@ def translate(model, tokenizer, sentences: Sequence[str], src: Sequence[str] | s
         if rows_leave:
             new_tokens = greedy_decode(model, input_ids, attention_mask, max_new_tokens=budget, eos_id=eos_id,
                                        routing=partial(_routing, model, batch_src, batch_tgt, patched),
-                                       finished=finished)
+                                       finished=finished, screen_output=screen_output)
         else:
             stop = None if finished is None else StoppingCriteriaList([_FirstLineCriterion(finished)])
             with _routing(model, batch_src, batch_tgt, patched, range(len(prompt_ids))):

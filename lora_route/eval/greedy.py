@@ -6,17 +6,23 @@ stops keeps the whole batch going to the token budget. :func:`greedy_decode` tak
 ``generate`` — the prompt's forward with a KV cache and ``logits_to_keep=1``, then one token per row and step, position
 ids counted from the attention mask and the 2-D mask grown by one column per step, argmax over float32 logits — and
 after each step drops the finished rows from the batch: from the cache (``batch_select_indices``), the mask, the
-position ids, the stopping state and the routes. It applies no logits processor: :func:`reproduces_generate` tells
-whether a model's generation config asks ``generate`` for one that changes the greedy token.
+position ids, the stopping state and the routes. A float32 CPU output layer gives its greedy tokens through
+:func:`lora_route.eval.output_argmax.screened_output_layer` (tokens ranked with a bfloat16 copy of its weight, the
+best candidates checked in float32), at about a third of the full layer's cost. It applies no logits processor:
+:func:`reproduces_generate` tells whether a model's generation config asks ``generate`` for one that changes the
+greedy token.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
+
+from lora_route.eval.output_argmax import screened_output_layer
 
 
 class _LineTokens:
@@ -94,16 +100,19 @@ def _forward_parameters(model: nn.Module) -> set[str]:
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int, eos_id: int,
-                  routing: Callable[[list[int]], ContextManager], finished: FirstLineComplete | None = None
-                  ) -> list[list[int]]:
+                  routing: Callable[[list[int]], ContextManager], finished: FirstLineComplete | None = None,
+                  screen_output: bool = True) -> list[list[int]]:
     """New token ids per row of the left-padded ``input_ids`` / ``attention_mask`` (batch, prompt length), greedy,
     up to ``max_new_tokens`` each. A row leaves the batch after the step that gave it EOS (kept in its ids) or that
-    ``finished`` reports done. ``routing(rows)`` is entered around each forward with the indices of the rows in it."""
+    ``finished`` reports done. ``routing(rows)`` is entered around each forward with the indices of the rows in it.
+    ``screen_output=False`` computes the whole float32 output layer at every step (the same tokens, more work)."""
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape or input_ids.numel() == 0:
         raise ValueError(f"input_ids and attention_mask must be non-empty (batch, length) alike, got "
                          f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not isinstance(screen_output, bool):
+        raise ValueError(f"screen_output must be True or False, got {screen_output!r}")
     parameters = _forward_parameters(model)
     cache_name = "cache" if "cache" in parameters else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
@@ -120,7 +129,8 @@ def greedy_decode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *
             inputs["position_ids"] = positions
         if cache is not None:
             inputs[cache_name] = cache
-        with routing(rows.tolist()):
+        screen = screened_output_layer(model) if screen_output else contextlib.nullcontext()
+        with routing(rows.tolist()), screen:
             outputs = model(**inputs)
         return outputs.logits[:, -1].float().argmax(-1), getattr(outputs, cache_name)
 

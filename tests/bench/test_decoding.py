@@ -40,10 +40,13 @@ def test_first_line_stopping_and_its_plot(tmp_path):
     assert [row["target_speedup"] for row in rows] == [3.0, 1.5]
     for row in rows:
         seconds = row["seconds"]
-        assert row["messages"] == 6 and set(seconds) == {"stop_at_first_line", "stop_at_first_line_one_batch",
-                                                          "decode_to_eos"}
+        assert row["messages"] == 6 and set(seconds) == {"stop_at_first_line", "stop_at_first_line_full_output_layer",
+                                                          "stop_at_first_line_one_batch", "decode_to_eos"}
         # in one batch the token budget follows the longest source of all six: rows that reach it write on
         assert row["identical_outputs"]["stop_at_first_line"] == 6
+        assert row["identical_outputs"]["stop_at_first_line_full_output_layer"] == 6
+        assert row["speedup_full_output_layer"] == pytest.approx(
+            seconds["decode_to_eos"] / seconds["stop_at_first_line_full_output_layer"])
         assert 0 <= row["identical_outputs"]["stop_at_first_line_one_batch"] <= 6
         assert row["speedup"] == pytest.approx(seconds["decode_to_eos"] / seconds["stop_at_first_line"])
         assert row["speedup_one_batch"] == pytest.approx(seconds["decode_to_eos"] /

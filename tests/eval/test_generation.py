@@ -103,6 +103,9 @@ def test_greedy_decoding_stops_each_row_at_its_first_line_with_the_same_output()
     assert len(steps) == full_steps
     with pytest.raises(ValueError, match="stop_early must be True or False"):
         translate(model, tokenizer, sentences, "en", "de", stop_early=None)
+    with pytest.raises(ValueError, match="screen_output must be True or False"):
+        translate(model, tokenizer, sentences, "en", "de", screen_output="no")
+    assert translate(model, tokenizer, sentences, "en", "de", max_new_tokens=30, screen_output=False) == first
 
 
 def test_a_generation_config_that_changes_greedy_tokens_keeps_generate():

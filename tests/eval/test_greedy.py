@@ -129,6 +129,9 @@ def test_validation():
         greedy_decode(model, ids, mask[:, 1:], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
     with pytest.raises(ValueError, match="non-empty"):
         greedy_decode(model, ids[:0], mask[:0], max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad())
+    with pytest.raises(ValueError, match="screen_output must be True or False"):
+        greedy_decode(model, ids, mask, max_new_tokens=3, eos_id=EOS, routing=lambda rows: torch.no_grad(),
+                      screen_output=1)
 
 
 @pytest.mark.parametrize("setting, value, reproduces", [
