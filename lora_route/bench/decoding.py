@@ -197,7 +197,7 @@ def write_decoding_plot(result: dict, path) -> None:
     at the first line per model (temporary file + rename)."""
     plt = pyplot("decoding plots")
     overhead, stopping = result["routed_decode_overhead"], result["first_line_stopping"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     names = list(overhead["ratio_to_unpatched"])
     left.bar(names, [overhead["ratio_to_unpatched"][n] for n in names], color=["#999999", "#1f77b4", "#d62728"])
     left.axhline(overhead["target_ratio"], color="black", linestyle="--", linewidth=1, label="target")
@@ -206,15 +206,17 @@ def write_decoding_plot(result: dict, path) -> None:
                    "directions mixed", fontsize=9)
     left.legend(fontsize=8)
     models = [row["model"] for row in stopping]
-    bars = ("decode_to_eos", "stop_at_first_line_full_output_layer", "stop_at_first_line",
-            "stop_at_first_line_one_batch")
-    for number, mode in enumerate(bars):
+    bars = (("decode_to_eos", "generate, every row to EOS"),
+            ("stop_at_first_line_full_output_layer", "first line, full float32 output layer"),
+            ("stop_at_first_line", "first line, screened output layer (evaluation)"),
+            ("stop_at_first_line_one_batch", "the same, all messages in one batch"))
+    for number, (mode, label) in enumerate(bars):
         right.bar([i + (number - 1.5) * 0.2 for i in range(len(models))],
-                  [row["messages_per_s"][mode] for row in stopping], width=0.2, label=mode.replace("_", " "))
+                  [row["messages_per_s"][mode] for row in stopping], width=0.2, label=label)
     right.set_xticks(range(len(models)), labels=models)
     right.set_ylabel("messages / s")
     right.set_title("greedy decoding of the demo test set", fontsize=9)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.suptitle(result["label"], fontsize=10)
     fig.tight_layout()
     save_png(fig, path)

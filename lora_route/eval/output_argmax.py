@@ -20,11 +20,13 @@ sizes; a row whose two best tokens are that close may pick the other one.
 
 On the CPU, bfloat16 products sum in float32. CUDA's bfloat16 products may sum in reduced precision
 (``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction``), which the bound does not cover, so only
-CPU layers are screened.
+CPU layers are screened, and only on CPUs with bfloat16 dot-product instructions (AVX-512 BF16 or AMX), without
+which a bfloat16 product is no cheaper than the float32 one it would replace.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from typing import Iterator
 
@@ -113,11 +115,20 @@ class ScreenedArgmax:
 _SCREENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+@functools.cache
+def cpu_has_bf16_products() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX-512 BF16 or AMX tiles), as torch reports them."""
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def screen_for(layer: nn.Module) -> ScreenedArgmax | None:
     """The screen of ``layer`` (kept while the layer lives, until its weight changes), or ``None`` when the layer
-    cannot be screened: not a bias-free ``nn.Linear`` with a float32 CPU weight, or called through an
-    instance-level ``forward`` (a hook's wrapper)."""
+    cannot be screened: not a bias-free ``nn.Linear`` with a float32 CPU weight, called through an instance-level
+    ``forward`` (a hook's wrapper), or on a CPU without bfloat16 dot-product instructions."""
     if type(layer) is not nn.Linear or layer.bias is not None or "forward" in layer.__dict__:
+        return None
+    if not cpu_has_bf16_products():
         return None
     weight = layer.weight
     if weight.dtype != torch.float32 or weight.device.type != "cpu":

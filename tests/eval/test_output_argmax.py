@@ -7,9 +7,11 @@ from torch import Tensor, nn
 
 from lora_route.eval.generation import left_pad
 from lora_route.eval.greedy import greedy_decode
-from lora_route.eval.output_argmax import ScreenedArgmax, screen_for, screened_output_layer
+from lora_route.eval.output_argmax import ScreenedArgmax, cpu_has_bf16_products, screen_for, screened_output_layer
 
 PROMPTS = [[1, 40, 41, 42, 43, 44, 45], [1, 50, 51], [1, 60, 61, 62, 63], [1, 70], [1, 80, 81, 82, 83, 84]]
+needs_bf16_products = pytest.mark.skipif(not cpu_has_bf16_products(),
+                                         reason="this CPU has no bfloat16 dot-product instructions: nothing is screened")
 
 
 def _near_duplicate_pairs(pairs: int = 2048, features: int = 48, seed: int = 0) -> Tensor:
@@ -78,6 +80,7 @@ def test_validation():
             screen.logits(hidden)
 
 
+@needs_bf16_products
 def test_which_layers_are_screened_and_when_a_screen_is_rebuilt():
     layer = nn.Linear(8, 64, bias=False)
     screen = screen_for(layer)
@@ -93,6 +96,7 @@ def test_which_layers_are_screened_and_when_a_screen_is_rebuilt():
     assert screen_for(hooked) is None
 
 
+@needs_bf16_products
 def test_the_output_layer_is_screened_inside_the_context_only_and_without_grad():
     model = tiny_causal_lm("gemma2", seed=2, vocab_size=2048)  # gemma2 softcaps the logits after the layer
     layer = model.get_output_embeddings()
@@ -111,6 +115,7 @@ def test_the_output_layer_is_screened_inside_the_context_only_and_without_grad()
         assert not screened and "forward" not in layer.__dict__
 
 
+@needs_bf16_products
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_greedy_decoding_gives_the_same_tokens_with_and_without_the_screen(arch, monkeypatch):
     model = tiny_causal_lm(arch, seed=6, vocab_size=4096)
@@ -130,3 +135,10 @@ def test_greedy_decoding_gives_the_same_tokens_with_and_without_the_screen(arch,
     screened = greedy_decode(model, ids, mask, max_new_tokens=10, eos_id=2, routing=lambda rows: torch.no_grad())
     assert screened == plain
     assert sum(screened_rows) > len(PROMPTS), "the screen fell back to the full layer at every step"
+
+
+def test_nothing_is_screened_on_a_cpu_without_bfloat16_products(monkeypatch):
+    from lora_route.eval import output_argmax
+
+    monkeypatch.setattr(output_argmax, "cpu_has_bf16_products", lambda: False)
+    assert screen_for(nn.Linear(8, 64, bias=False)) is None
