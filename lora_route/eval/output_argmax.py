@@ -39,6 +39,8 @@ _FP32_UNIT_ROUNDOFF = 2.0 ** -24
 _SUBNORMAL_MARGIN = 2.0
 # Beyond this share of the vocabulary as candidates, computing the whole float32 layer is the cheaper way.
 _MAX_CANDIDATE_SHARE = 1 / 16
+# Positions screened per pass: bounds the float32 temporaries (rows × vocabulary) and the union of candidates.
+_ROWS_PER_PASS = 128
 
 
 class ScreenedArgmax:
@@ -84,32 +86,42 @@ class ScreenedArgmax:
             + torch.maximum(lowest.abs(), highest.abs()) * _BF16_UNIT_ROUNDOFF / (1 - _BF16_UNIT_ROUNDOFF))
         return approx, bound
 
+    def _greedy(self, rows: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(tokens (N,), float32 logits (N,))`` of the float32 layer's greedy token per row of ``rows`` (N,
+        features); None when a value is not finite or the candidates are too many to be worth screening."""
+        approx, bound = self.approximate(rows)
+        threshold = approx.max(dim=1).values - 2 * bound
+        if not bool(torch.isfinite(threshold).all()):
+            return None
+        candidates = (approx >= threshold[:, None]).any(dim=0).nonzero().squeeze(1)
+        if candidates.numel() > _MAX_CANDIDATE_SHARE * self.weight.shape[0]:
+            return None
+        exact = F.linear(rows, self.weight[candidates])
+        if not bool(torch.isfinite(exact).all()):
+            return None
+        position = exact.argmax(dim=1)
+        return candidates[position], exact.gather(1, position[:, None]).squeeze(1)
+
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits (``hidden.shape[:-1]``, vocabulary) whose argmax is the float32 layer's: ``-inf`` except at each
         position's greedy token, which holds its float32 logit. Hidden states with a non-finite value, or more
-        candidates than a sixteenth of the vocabulary, get the full float32 logits instead."""
+        candidates in a pass of up to 128 positions than a sixteenth of the vocabulary, get the full float32 logits
+        instead."""
         if not isinstance(hidden, Tensor) or hidden.dtype != torch.float32 or hidden.dim() < 1 \
                 or hidden.shape[-1] != self.weight.shape[1]:
             got = f"{tuple(hidden.shape)} {hidden.dtype}" if isinstance(hidden, Tensor) else type(hidden).__name__
             raise ValueError(f"hidden states must be float32 (..., {self.weight.shape[1]}), got {got}")
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if rows.shape[0] == 0:
-            return F.linear(hidden, self.weight)
-        approx, bound = self.approximate(rows)
-        threshold = approx.max(dim=1).values - 2 * bound
-        if not bool(torch.isfinite(threshold).all()):
-            return F.linear(hidden, self.weight)
-        candidates = (approx >= threshold[:, None]).any(dim=0).nonzero().squeeze(1)
-        if candidates.numel() > _MAX_CANDIDATE_SHARE * self.weight.shape[0]:
-            return F.linear(hidden, self.weight)
-        exact = F.linear(rows, self.weight[candidates])
-        if not bool(torch.isfinite(exact).all()):
-            return F.linear(hidden, self.weight)
-        position = exact.argmax(dim=1)
-        logits = approx.new_full(approx.shape, float("-inf"))
-        logits[torch.arange(rows.shape[0]), candidates[position]] = exact.gather(1, position[:, None]).squeeze(1)
-        return logits.reshape(*hidden.shape[:-1], -1)
+        logits = rows.new_full((rows.shape[0], self.weight.shape[0]), float("-inf"))
+        for start in range(0, rows.shape[0], _ROWS_PER_PASS):
+            chunk = rows[start:start + _ROWS_PER_PASS]
+            greedy = self._greedy(chunk)
+            if greedy is None:
+                return F.linear(hidden, self.weight)
+            tokens, values = greedy
+            logits[torch.arange(start, start + chunk.shape[0]), tokens] = values
+        return logits.reshape(*hidden.shape[:-1], self.weight.shape[0])
 
 
 _SCREENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

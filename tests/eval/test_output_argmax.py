@@ -57,6 +57,19 @@ def test_positions_keep_their_shape_and_a_bfloat16_exact_weight_needs_no_weight_
     assert torch.equal(logits.argmax(-1), F.linear(hidden, weight).argmax(-1))
 
 
+def test_positions_are_screened_in_passes(monkeypatch):
+    from lora_route.eval import output_argmax
+
+    monkeypatch.setattr(output_argmax, "_ROWS_PER_PASS", 7)
+    generator = torch.Generator().manual_seed(8)
+    weight = torch.randn(2048, 32, generator=generator)
+    hidden = torch.randn(4, 5, 32, generator=generator)
+    logits = ScreenedArgmax(weight).logits(hidden)
+    expected = F.linear(hidden, weight)
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+    assert int(torch.isfinite(logits).sum()) == 20, "every pass screened its positions"
+
+
 def test_non_finite_states_and_too_many_candidates_get_the_full_layer():
     weight = torch.randn(64, 8, generator=torch.Generator().manual_seed(5))
     hidden = torch.randn(2, 8)
