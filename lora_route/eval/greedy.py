@@ -8,9 +8,9 @@ ids counted from the attention mask and the 2-D mask grown by one column per ste
 after each step drops the finished rows from the batch: from the cache (``batch_select_indices``), the mask, the
 position ids, the stopping state and the routes. A float32 CPU output layer gives its greedy tokens through
 :func:`lora_route.eval.output_argmax.screened_output_layer` (tokens ranked with a bfloat16 copy of its weight, the
-best candidates checked in float32), at about a third of the full layer's cost. It applies no logits processor:
-:func:`reproduces_generate` tells whether a model's generation config asks ``generate`` for one that changes the
-greedy token.
+best candidates checked in float32), at a third to a half of the full layer's cost. It applies no logits
+processor: :func:`reproduces_generate` tells whether a model's generation config asks ``generate`` for one that
+changes the greedy token.
 """
 from __future__ import annotations
 
