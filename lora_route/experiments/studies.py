@@ -148,6 +148,7 @@ def stage2_data_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
         ("stage-2 replay share 50 % (default 33 %)", {"replay_share": 0.5}),
         ("stage-2 learning rate ¼ of stage 1's", {"lr": size.base.lr / 4}),
         ("stage-2 replay share 0 % and learning rate ¼ of stage 1's", {"replay_share": 0.0, "lr": size.base.lr / 4}),
+        ("stage-2 replay share 0 % and learning rate ½ of stage 1's", {"replay_share": 0.0, "lr": size.base.lr / 2}),
     )
     attempts = []
     for change, settings in schedule_changes:

@@ -128,7 +128,8 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
     assert set(reports["stage2-data"]["groups"]) == {"en_centric", "supervised_non_english", "zero_shot"}
     assert reports["zero-shot"]["groups"]["zero_shot"] == ["de-zh", "zh-de"]
     changes = ("stage-2 replay share 0 %", "stage-2 replay share 50 %", "stage-2 learning rate ¼ of stage 1's",
-               "stage-2 replay share 0 % and learning rate ¼ of stage 1's")
+               "stage-2 replay share 0 % and learning rate ¼ of stage 1's",
+               "stage-2 replay share 0 % and learning rate ½ of stage 1's")
     attempts = {a["variant"]: a for a in reports["stage2-data"]["attempts"]}
     assert set(attempts) == {f"{method} k=2, {change}" for method in ("UniLoRA", "LoRA") for change in changes} | {
         "UniLoRA k=2, independent source-expert initialisation"}
