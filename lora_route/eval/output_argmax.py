@@ -72,9 +72,10 @@ class ScreenedArgmax:
         return self.version == (weight._version, weight.data_ptr())
 
     @torch.no_grad()
-    def approximate(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """For float32 hidden states ``rows`` (N, features): the bfloat16 logits as float32 (N, vocabulary) and,
-        per row, a bound (N,) on their distance to the float32 layer's logits, the margin included."""
+    def approximate(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For float32 hidden states ``rows`` (N, features): the bfloat16 logits as float32 (N, vocabulary), their
+        largest value per row (N,) and, per row, a bound (N,) on their distance to the float32 layer's logits, the
+        margin included."""
         rows_bf16 = rows.to(torch.bfloat16)
         approx = F.linear(rows_bf16, self.weight_bf16).float()
         lowest, highest = torch.aminmax(approx, dim=1)
@@ -84,13 +85,13 @@ class ScreenedArgmax:
             self.rounding_norm * row_norm + self.rounded_norm * (rows - rounded_rows).norm(dim=1)
             + self.gamma * (self.rounded_norm * rounded_row_norm + self.norm * row_norm)
             + torch.maximum(lowest.abs(), highest.abs()) * _BF16_UNIT_ROUNDOFF / (1 - _BF16_UNIT_ROUNDOFF))
-        return approx, bound
+        return approx, highest, bound
 
     def _greedy(self, rows: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(tokens (N,), float32 logits (N,))`` of the float32 layer's greedy token per row of ``rows`` (N,
         features); None when a value is not finite or the candidates are too many to be worth screening."""
-        approx, bound = self.approximate(rows)
-        threshold = approx.max(dim=1).values - 2 * bound
+        approx, highest, bound = self.approximate(rows)
+        threshold = highest - 2 * bound
         if not bool(torch.isfinite(threshold).all()):
             return None
         candidates = (approx >= threshold[:, None]).any(dim=0).nonzero().squeeze(1)
