@@ -1,6 +1,6 @@
 """``lora-route study NAME``: the papers' experiments on the embedded default (stage-2 data requirement, UniLoRA's
-ablations, zero-shot directions), each writing ``study.json``, ``study.md`` and ``study.png``
-(see :mod:`lora_route.experiments.studies`)."""
+ablations, zero-shot directions) and the confirmation of the chosen attempt on fresh test messages, each writing
+``study.json``, ``study.md`` and ``study.png`` (see :mod:`lora_route.experiments.studies`)."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", choices=(*STUDY_NAMES, "all"), metavar="NAME",
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
-                        help="cpu: ~3.5 h per seed on one core for all three (default); gpu: five languages, full size; "
-                             "tiny: smoke test")
+                        help="cpu (default): ~3.5 h per seed on one core for the three exploratory studies, "
+                             "~15 min more for the confirmation; gpu: five languages, full size; tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,

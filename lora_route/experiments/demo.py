@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
@@ -133,25 +133,30 @@ SIZES = {
 
 
 def multiway_test_set(english_pairs: Sequence[TranslationPair], languages: Sequence[str], per_direction: int,
-                      max_chars: int, seed: int = 0) -> list[TranslationPair]:
+                      max_chars: int, seed: int = 0, exclude: Collection[str] = ()) -> list[TranslationPair]:
     """Every direction among ``languages`` on the same ``per_direction`` messages.
 
-    english_pairs: en→X test pairs (English source). Messages translated into every language and no longer than
-    ``max_chars`` in any of them are eligible; ``per_direction`` of them are drawn with ``seed``.
+    english_pairs: en→X test pairs (English source). Messages translated into every language, no longer than
+    ``max_chars`` in any of them and not in ``exclude`` (English messages, e.g. those of another test set drawn from
+    the same pairs) are eligible; ``per_direction`` of them are drawn with ``seed``.
     """
     if per_direction < 1:
         raise ValueError(f"per_direction must be >= 1, got {per_direction}")
+    if isinstance(exclude, str):
+        raise ValueError("exclude must be a collection of English messages, not one string")
+    exclude = set(exclude)
     others = [lang for lang in languages if lang != PIVOT]
     table: dict[str, dict[str, str]] = {}
     for pair in english_pairs:
         if pair.src_lang != PIVOT:
             raise ValueError(f"multiway_test_set takes en→X pairs, got {pair.src_lang}→{pair.tgt_lang}")
         table.setdefault(pair.src, {PIVOT: pair.src})[pair.tgt_lang] = pair.tgt
-    eligible = sorted(en for en, texts in table.items()
-                      if all(lang in texts for lang in others) and max(len(t) for t in texts.values()) <= max_chars)
+    eligible = sorted(en for en, texts in table.items() if en not in exclude
+                      and all(lang in texts for lang in others) and max(len(t) for t in texts.values()) <= max_chars)
     if len(eligible) < per_direction:
-        raise ValueError(f"only {len(eligible)} test messages are translated into all of {list(languages)} within "
-                         f"{max_chars} characters; {per_direction} needed")
+        left_out = f" (besides {len(exclude)} excluded)" if exclude else ""
+        raise ValueError(f"only {len(eligible)} test messages{left_out} are translated into all of {list(languages)} "
+                         f"within {max_chars} characters; {per_direction} needed")
     chosen = sorted(random.Random(seed).sample(eligible, per_direction))
     return [TranslationPair(s, t, table[en][s], table[en][t], "demo-test")
             for s in languages for t in languages if s != t for en in chosen]

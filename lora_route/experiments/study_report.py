@@ -9,6 +9,7 @@ as significant when the pooled test says so (p < 0.05) and the per-seed p-values
 from __future__ import annotations
 
 import statistics
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -95,7 +96,7 @@ def run_study(plan: StudyPlan, runner: StudyRunner, seeds: Sequence[int]) -> dic
             if variant.name in skipped:
                 continue
             try:
-                runs[variant.name].append(runner.result(variant, seed))
+                runs[variant.name].append(runner.result(variant, seed, plan.test_set))
             except VariantSkipped as reason:
                 skipped[variant.name] = f"seed {seed}: {reason}"
                 runner.log(f"{variant.name} seed {seed}: skipped, {reason}")
@@ -109,12 +110,14 @@ def run_study(plan: StudyPlan, runner: StudyRunner, seeds: Sequence[int]) -> dic
     training_seconds = sum({(v.family, r.seed, name): stage["seconds"] or 0.0 for v in plan.variants
                             for r in runs[v.name] for name, stage in r.training.items()}.values())
     size = runner.size
+    test_pairs = runner.test_set(plan.test_set)
     return {
         "study": plan.name, "title": plan.title, "question": plan.question,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "size": {"name": size.name, **{k: v for k, v in asdict(size).items() if k not in ("name", "base")},
                  "base": asdict(size.base)},
-        "model": runner.model_name, "seeds": list(seeds), "test_pairs": len(runner.test_pairs),
+        "model": runner.model_name, "seeds": list(seeds), "test_set": plan.test_set, "test_pairs": len(test_pairs),
+        "test_per_direction": len(test_pairs) // max(1, len({(p.src_lang, p.tgt_lang) for p in test_pairs})),
         "groups": {group: [direction_key(s, t) for s, t in members] for group, members in plan.groups.items()},
         "variants": [{"name": v.name, "family": v.family, "adapter": dict(v.adapter),
                       "stages": list(runs[v.name][0].training), "evaluated_stage": runs[v.name][0].stage,
@@ -171,7 +174,8 @@ def study_markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", report["question"], "",
              f"Command: `lora-route study {report['study']} --size {size['name']}`. Model `{report['model']}`; "
              f"languages {', '.join(base['languages'])}; {report['test_pairs']} test pairs "
-             f"({base['test_per_direction']} multi-way messages per direction, gettext test split), "
+             f"({report['test_per_direction']} multi-way messages per direction, gettext test split, "
+             f"{report['test_set']} set), "
              f"{decoding} decoding; stage 1 "
              f"{base['stage1_steps']} steps of batch {base['batch_size']} at lr {base['lr']:g}; r = {base['r']}, "
              f"r_uni = {base['r_uni']}; seeds {', '.join(map(str, report['seeds']))}.",
@@ -231,10 +235,13 @@ def study_markdown(report: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------------- plot
 def write_study_plot(report: dict, path: Path) -> Path:
-    """BLEU per group: lines against k when the study has curves, else bars per run; seed min–max as error bars."""
+    """BLEU per group: lines against k when the study has curves, else horizontal bars per run (names wrapped);
+    seed min–max as error bars."""
     plt = pyplot("study plots")
     groups = list(report["groups"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.2), squeeze=False)
+    names = [v["name"] for v in report["variants"]]
+    height = 4.2 if report["curves"] else 1.2 + 0.45 * sum(len(textwrap.wrap(name, 34)) for name in names)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), height), squeeze=False)
     scores = report["scores"]
     for ax, group in zip(axes[0], groups):
         if report["curves"]:
@@ -246,15 +253,18 @@ def write_study_plot(report: dict, path: Path) -> Path:
                 ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
                 ax.set_xticks(xs, labels=[str(k) for k, _ in points])
             ax.set_xlabel("stage-2 pairs per supervised direction (k)")
+            ax.set_ylabel("BLEU")
+            ax.grid(axis="y", alpha=0.3)
         else:
-            names = [v["name"] for v in report["variants"]]
             cells = [scores[name][group]["bleu"] for name in names]
-            ax.bar(range(len(names)), [c["mean"] for c in cells],
-                   yerr=[[c["mean"] - c["min"] for c in cells], [c["max"] - c["mean"] for c in cells]], capsize=3)
-            ax.set_xticks(range(len(names)), labels=names, rotation=60, ha="right", fontsize=7)
+            ax.barh(range(len(names)), [c["mean"] for c in cells],
+                    xerr=[[c["mean"] - c["min"] for c in cells], [c["max"] - c["mean"] for c in cells]], capsize=3)
+            labels = [textwrap.fill(name, 34) if ax is axes[0][0] else "" for name in names]
+            ax.set_yticks(range(len(names)), labels=labels, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlabel("BLEU")
+            ax.grid(axis="x", alpha=0.3)
         ax.set_title(group.replace("_", " "))
-        ax.set_ylabel("BLEU")
-        ax.grid(axis="y", alpha=0.3)
     if report["curves"]:
         axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{report['title']} — seeds {', '.join(map(str, report['seeds']))}", fontsize=10)
@@ -276,7 +286,7 @@ def run_studies(names: Sequence[str], size: StudySize, out_dir: str | Path, *, s
     """Run the studies ``names`` (of :data:`~lora_route.experiments.studies.PLANS`) at ``size`` for ``seeds``
     (default: the size's), sharing one runner and its stored runs under ``out_dir``; returns each study's written
     files. ``runner_options`` go to :class:`StudyRunner` (model_name, device, model_factory, data, test_pairs,
-    progress, log)."""
+    confirmation_pairs, progress, log)."""
     unknown = [name for name in names if name not in PLANS]
     if unknown or not names:
         raise ValueError(f"unknown study {unknown or names}; choose from {', '.join(PLANS)}")

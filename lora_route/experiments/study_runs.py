@@ -52,7 +52,12 @@ Direction = tuple[str, str]
 # ~20k any-to-any pairs).
 DEFAULT_REPLAY_SHARE = 1 / 3
 TEST_SET_SEED = 0
-EVAL_FOLDER = "study_eval"
+CONFIRMATION_SET_SEED = 1
+# The studies' test sets, each with the folder beside a variant's last stage where its evaluation on that set is
+# stored: ``exploratory`` (the demo's multi-way test set, on which the studies compare everything and the attempts
+# are chosen) and ``confirmation`` (fresh messages drawn apart from it, evaluated once for the chosen attempt).
+EVAL_FOLDERS = {"exploratory": "study_eval", "confirmation": "study_eval_confirmation"}
+TEST_SETS = tuple(EVAL_FOLDERS)
 
 
 class VariantSkipped(ValueError):
@@ -64,11 +69,11 @@ class StudySize:
     """Everything that scales the studies.
 
     base: the demo size they build on (languages, supervised non-English directions, stage-1 steps, batch, learning
-    rate, ranks, test set, decoding). seeds: one run of every variant per seed. stage2_pairs: the amounts k of
-    stage-2 data (pairs per supervised non-English direction; 0 = stage 1 alone). reference_pairs: the k of the
-    ablations and attempts. stage2_epochs: passes over the stage-2 data (k pairs per direction + the replay), so
-    stage 2 trains longer on more data. pseudo_per_language: pivot sources per non-English language for the
-    pseudo-corpus.
+    rate, ranks, exploratory test set, decoding). seeds: one run of every variant per seed. stage2_pairs: the
+    amounts k of stage-2 data (pairs per supervised non-English direction; 0 = stage 1 alone). reference_pairs: the
+    k of the ablations and attempts. stage2_epochs: passes over the stage-2 data (k pairs per direction + the
+    replay), so stage 2 trains longer on more data. pseudo_per_language: pivot sources per non-English language for
+    the pseudo-corpus. confirmation_per_direction: messages per direction of the confirmation test set.
     """
 
     name: str
@@ -78,6 +83,7 @@ class StudySize:
     reference_pairs: int
     stage2_epochs: float
     pseudo_per_language: int
+    confirmation_per_direction: int
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
@@ -86,7 +92,7 @@ class StudySize:
         if not self.stage2_pairs or len(set(self.stage2_pairs)) != len(self.stage2_pairs) or any(
                 not isinstance(k, int) or k < 0 for k in self.stage2_pairs):
             raise ValueError(f"StudySize.stage2_pairs must be distinct ints >= 0, got {self.stage2_pairs!r}")
-        for name in ("reference_pairs", "pseudo_per_language"):
+        for name in ("reference_pairs", "pseudo_per_language", "confirmation_per_direction"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"StudySize.{name} must be a positive int, got {value!r}")
@@ -96,15 +102,16 @@ class StudySize:
 
 # cpu: the CPU demo's sizes with stage 1 twice as long (96 steps: at the demo's 48 the routed experts have not yet
 # learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 3.5 h for
-# all three studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``, one thread
-# each), then once more for the report.
+# the three exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
+# one thread each), then once more for the report. The confirmation set is four (gpu: two) times the exploratory
+# one, drawn from the messages of the gettext test split that the exploratory set leaves.
 STUDY_SIZES = {
     "tiny": StudySize("tiny", SIZES["tiny"], seeds=(0,), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
-                      pseudo_per_language=2),
+                      pseudo_per_language=2, confirmation_per_direction=2),
     "cpu": StudySize("cpu", replace(SIZES["cpu"], stage1_steps=96), seeds=(0, 1), stage2_pairs=(0, 32, 128, 512),
-                     reference_pairs=128, stage2_epochs=1.0, pseudo_per_language=128),
+                     reference_pairs=128, stage2_epochs=1.0, pseudo_per_language=128, confirmation_per_direction=200),
     "gpu": StudySize("gpu", SIZES["gpu"], seeds=(0, 1, 2), stage2_pairs=(0, 32, 128, 512), reference_pairs=512,
-                     stage2_epochs=1.0, pseudo_per_language=1000),
+                     stage2_epochs=1.0, pseudo_per_language=1000, confirmation_per_direction=400),
 }
 
 
@@ -251,13 +258,16 @@ class StudyRunner:
     """Trains and evaluates study variants on one device; every result lands under ``root`` as it finishes.
 
     model_factory: () -> (fresh unpatched model, tokenizer); default loads ``model_name``. data: overrides of the
-    recipes' data section (tests: local files). test_pairs: default the demo's multi-way test set (seed 0, the same
-    for every seed and study). log: receives one line per step.
+    recipes' data section (tests: local files). test_pairs: the exploratory test set, default the demo's multi-way
+    test set (seed 0, the same for every seed and study); confirmation_pairs: the confirmation test set, default
+    ``confirmation_per_direction`` multi-way messages drawn (seed 1) from those the exploratory set leaves; the two
+    may share no message. log: receives one line per step.
     """
 
     def __init__(self, root: str | Path, size: StudySize, *, model_name: str = "embedded", device: str | None = None,
                  model_factory: Callable[[], tuple] | None = None, data: dict | None = None,
-                 test_pairs: Sequence[TranslationPair] | None = None, progress: bool = True,
+                 test_pairs: Sequence[TranslationPair] | None = None,
+                 confirmation_pairs: Sequence[TranslationPair] | None = None, progress: bool = True,
                  log: Callable[[str], None] = print):
         # Absolute, so that a pseudo-corpus path written into a stage (and its fingerprint) does not depend on how
         # the folder was spelt on the command line.
@@ -268,23 +278,50 @@ class StudyRunner:
         self.model_factory = model_factory or functools.partial(load_for_device, model_name, self.ctx.device)
         self.progress, self.log = progress, log
         self.identifier = LanguageIdentifier()
-        self._test_pairs = list(test_pairs) if test_pairs is not None else None
+        self._test_sets: dict[str, list[TranslationPair]] = {
+            name: list(pairs) for name, pairs in (("exploratory", test_pairs), ("confirmation", confirmation_pairs))
+            if pairs is not None}
+        self._ready: set[str] = set()
+        self._english: list[TranslationPair] | None = None
         self._stage_names: dict[tuple[str, int, str], str] = {}
 
     # ------------------------------------------------------------------------------------------ inputs
-    @property
-    def test_pairs(self) -> list[TranslationPair]:
-        """The multi-way test set (written to ``<root>/test.jsonl``)."""
-        if self._test_pairs is None:
-            base = self.size.base
-            english = load_gettext_corpus(base.languages, "test", self.data.get("locale_dirs"),
-                                          directions=[(PIVOT, lang) for lang in base.languages if lang != PIVOT])
-            self._test_pairs = multiway_test_set(english, base.languages, base.test_per_direction,
-                                                 base.test_max_chars, TEST_SET_SEED)
-        path = self.root / "test.jsonl"
+    def test_set(self, name: str = "exploratory") -> list[TranslationPair]:
+        """The multi-way test set ``name`` (one of :data:`TEST_SETS`), written to ``<root>/test.jsonl``
+        (exploratory) or ``<root>/<name>_test.jsonl``."""
+        if name not in TEST_SETS:
+            raise ValueError(f"unknown test set {name!r}; choose one of {', '.join(TEST_SETS)}")
+        if name in self._ready:
+            return self._test_sets[name]
+        pairs = self._test_sets.get(name)
+        base = self.size.base
+        if name == "exploratory" and pairs is None:
+            pairs = multiway_test_set(self._english_test_pairs(), base.languages, base.test_per_direction,
+                                      base.test_max_chars, TEST_SET_SEED)
+        elif name == "confirmation":
+            exploratory = _messages(self.test_set("exploratory"))
+            if pairs is None:
+                pairs = multiway_test_set(self._english_test_pairs(), base.languages,
+                                          self.size.confirmation_per_direction, base.test_max_chars,
+                                          CONFIRMATION_SET_SEED, exclude=exploratory)
+            shared = _messages(pairs) & exploratory
+            if shared:
+                raise ValueError(f"the confirmation test set shares {len(shared)} messages with the exploratory one "
+                                 f"(e.g. {sorted(shared)[0]!r}); it must hold fresh messages only")
+        path = self.root / ("test.jsonl" if name == "exploratory" else f"{name}_test.jsonl")
         if not path.is_file():
-            write_jsonl(path, (asdict(p) for p in self._test_pairs))
-        return self._test_pairs
+            write_jsonl(path, (asdict(p) for p in pairs))
+        self._test_sets[name] = pairs
+        self._ready.add(name)
+        return pairs
+
+    def _english_test_pairs(self) -> list[TranslationPair]:
+        """The gettext test split's en→X pairs of the size's languages, which both test sets are drawn from."""
+        if self._english is None:
+            languages = self.size.base.languages
+            self._english = load_gettext_corpus(languages, "test", self.data.get("locale_dirs"),
+                                                directions=[(PIVOT, lang) for lang in languages if lang != PIVOT])
+        return self._english
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
         return self.root / "runs" / self.size.name / variant.family / f"seed{seed}"
@@ -305,17 +342,18 @@ class StudyRunner:
             raise ValueError(f"variant {variant.name!r}: stage {stage!r} of family {variant.family!r} is defined "
                              "twice with different settings; give the stages different names")
 
-    def _eval_key(self, recipe: RecipeConfig) -> str:
+    def _eval_key(self, recipe: RecipeConfig, test_set: str) -> str:
         base = self.size.base
         return _sha({"stages": [recipe.fingerprint(s) for s in recipe.stages], "model": self.model_name,
-                     "test": [asdict(p) for p in self.test_pairs], "num_beams": base.num_beams,
+                     "test": [asdict(p) for p in self.test_set(test_set)], "num_beams": base.num_beams,
                      "batch_size": base.eval_batch_size})
 
     # ------------------------------------------------------------------------------------------ running
-    def result(self, variant: Variant, seed: int) -> RunResult:
-        """The variant's evaluation for ``seed``: stored, or trained (missing stages only) and evaluated now."""
+    def result(self, variant: Variant, seed: int, test_set: str = "exploratory") -> RunResult:
+        """The variant's evaluation for ``seed`` on test set ``test_set``: stored, or trained (missing stages only)
+        and evaluated now."""
         recipe = self._final_recipe(variant, seed)
-        stored = self._stored(variant, seed, recipe) if recipe is not None else None
+        stored = self._stored(variant, seed, recipe, test_set) if recipe is not None else None
         if stored is not None:
             return stored
         model, tokenizer = self._patched(self.recipe(variant, seed, variant.stages))
@@ -330,7 +368,8 @@ class StudyRunner:
                 variant.pseudo, corpus, pseudo_report["kept"])])
         self.log(f"{variant.name} seed {seed}: training {', '.join(s.name for s in recipe.stages)}")
         summaries = self._train(recipe, model, tokenizer)
-        result = self._evaluate(variant, seed, recipe, model, tokenizer, summaries, parameters, pseudo_report)
+        result = self._evaluate(variant, seed, recipe, model, tokenizer, summaries, parameters, pseudo_report,
+                                test_set)
         del model
         gc.collect()
         return result
@@ -395,14 +434,16 @@ class StudyRunner:
         write_json(corpus.with_suffix(".report.json"), report_dict)
         return corpus, report_dict
 
-    def _evaluate(self, variant, seed, recipe, model, tokenizer, summaries, parameters, pseudo_report) -> RunResult:
+    def _evaluate(self, variant, seed, recipe, model, tokenizer, summaries, parameters, pseudo_report,
+                  test_set) -> RunResult:
         last = recipe.stages[-1].name
-        out = Path(recipe.output_dir) / last / EVAL_FOLDER
-        self.log(f"{variant.name} seed {seed}: evaluating {last}")
+        out = Path(recipe.output_dir) / last / EVAL_FOLDERS[test_set]
+        self.log(f"{variant.name} seed {seed}: evaluating {last} on the {test_set} test set")
         started = time.time()
         model.eval()
         base = self.size.base
-        evaluation = evaluate_model(model, tokenizer, self.test_pairs, out, trained=recipe_trained_directions(recipe, last),
+        evaluation = evaluate_model(model, tokenizer, self.test_set(test_set), out,
+                                    trained=recipe_trained_directions(recipe, last),
                                     name=variant.name, num_beams=base.num_beams, batch_size=base.eval_batch_size,
                                     identifier=self.identifier, languages=list(base.languages),
                                     progress=self.progress, heatmaps=False)
@@ -411,17 +452,17 @@ class StudyRunner:
                       for (s, t), score in evaluation.directions.items()}
         training = {name: {k: summary.get(k) for k in ("steps", "seconds", "train_pairs", "first_loss", "last_loss")}
                     for name, summary in summaries.items()}
-        result = RunResult(variant.name, seed, last, self._eval_key(recipe), directions, training,
+        result = RunResult(variant.name, seed, last, self._eval_key(recipe, test_set), directions, training,
                            round(time.time() - started, 1), parameters, pseudo_report, str(out / "outputs.jsonl"))
         write_json(out / "result.json", result.to_dict())
         return result
 
-    def _stored(self, variant: Variant, seed: int, recipe: RecipeConfig) -> RunResult | None:
-        path = Path(recipe.output_dir) / recipe.stages[-1].name / EVAL_FOLDER / "result.json"
+    def _stored(self, variant: Variant, seed: int, recipe: RecipeConfig, test_set: str) -> RunResult | None:
+        path = Path(recipe.output_dir) / recipe.stages[-1].name / EVAL_FOLDERS[test_set] / "result.json"
         if not path.is_file():
             return None
         stored = read_json(path)
-        if stored.get("key") != self._eval_key(recipe) or not Path(stored.get("outputs_path", "")).is_file():
+        if stored.get("key") != self._eval_key(recipe, test_set) or not Path(stored.get("outputs_path", "")).is_file():
             return None
         for stage in recipe.stages:   # a stage trained again since would have a newer summary than the evaluation
             summary = Path(recipe.output_dir) / stage.name / STAGE_SUMMARY
@@ -429,3 +470,8 @@ class StudyRunner:
                 return None
         stored["variant"] = variant.name
         return RunResult(**stored)
+
+
+def _messages(pairs: Sequence[TranslationPair]) -> set[str]:
+    """The English messages of a multi-way test set (every pair with English on one side)."""
+    return {p.src if p.src_lang == PIVOT else p.tgt for p in pairs if PIVOT in (p.src_lang, p.tgt_lang)}

@@ -1,6 +1,6 @@
-"""Studies: schedules and sizes, and the three studies end to end on a tiny random Gemma 3 with two seeds — every
+"""Studies: schedules and sizes, and the four studies end to end on a tiny random Gemma 3 with two seeds — every
 stage trained once and shared, every evaluation reused on a second invocation, reports with pooled and per-seed
-paired bootstrap."""
+paired bootstrap, the confirmation on test messages the other studies never saw."""
 import json
 from collections import Counter
 from dataclasses import replace
@@ -28,7 +28,7 @@ UNIT = DemoSize("unit", ("en", "de", "zh"), ("de-zh",), stage1_steps=2, stage2_s
                 r_uni=4, test_per_direction=2, test_max_chars=40, train_max_chars=60, num_beams=1,
                 eval_batch_size=4, dev_per_direction=0)
 SIZE = StudySize("unit", UNIT, seeds=(0, 1), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
-                 pseudo_per_language=3)
+                 pseudo_per_language=3, confirmation_per_direction=2)
 
 
 def _translations(candidate_sources, languages, **_):
@@ -46,16 +46,19 @@ def toy(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy")
     train = [TranslationPair(s, t, m[s], m[t], "toy") for m in MESSAGES for s in m for t in m if s != t]
     write_pairs_jsonl(train, folder / "train.jsonl")
-    english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES[:3] for t in ("de", "zh")]
+    english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES for t in ("de", "zh")]
+    exploratory = multiway_test_set(english[:6], UNIT.languages, 2, 40)
     options = {"model_factory": lambda: (tiny_causal_lm("gemma3"), tiny_tokenizer()),
                "data": {"source": "local", "train_files": [str(folder / "train.jsonl")], "max_length": 128},
-               "test_pairs": multiway_test_set(english, UNIT.languages, 2, 40), "device": "cpu", "progress": False}
+               "test_pairs": exploratory, "device": "cpu", "progress": False,
+               "confirmation_pairs": multiway_test_set(english, UNIT.languages, 2, 40, seed=1,
+                                                       exclude={p.src for p in exploratory if p.src_lang == "en"})}
     return folder, options
 
 
 @pytest.fixture(scope="module")
 def studies(toy, tmp_path_factory):
-    """All three studies, two seeds, then all three again: the counters record what each invocation did."""
+    """All four studies, two seeds, then all four again: the counters record what each invocation did."""
     import torch
 
     _, options = toy
@@ -148,6 +151,60 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
 
 
+def _english_messages(rows) -> set[str]:
+    """The English side of test pairs or of evaluation outputs (which name the target ``ref``), as dicts."""
+    return {row["src"] if row["src_lang"] == "en" else row.get("tgt", row.get("ref")) for row in rows
+            if "en" in (row["src_lang"], row["tgt_lang"])}
+
+
+def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without_training_again(studies, toy):
+    out, written, reports, (trained, evaluated), _ = studies
+    _, options = toy
+    report = reports["confirmation"]
+    assert report["test_set"] == "confirmation" and reports["stage2-data"]["test_set"] == "exploratory"
+    candidate = "UniLoRA k=2, stage-2 replay share 0 % and learning rate ½ of stage 1's"
+    same_change = "LoRA k=2, stage-2 replay share 0 % and learning rate ½ of stage 1's"
+    assert [v["name"] for v in report["variants"]] == [candidate, same_change, "LoRA k=2", "UniLoRA k=0"]
+    assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == [(candidate, same_change),
+                                                                            (candidate, "LoRA k=2")]
+    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [(candidate, "UniLoRA k=0")]
+    fresh = _english_messages([vars(p) for p in options["confirmation_pairs"]])
+    seen = _english_messages([vars(p) for p in options["test_pairs"]])
+    data_runs = {v["name"]: v["runs"] for v in reports["stage2-data"]["variants"]}
+    for variant in report["variants"]:
+        for run, data_run in zip(variant["runs"], data_runs[variant["name"]]):
+            assert "study_eval_confirmation" in run["outputs_path"] and run["key"] != data_run["key"]
+            assert run["training"] == data_run["training"]          # the stage-2-data runs, not trained again
+            outputs = [json.loads(line) for line in open(run["outputs_path"], encoding="utf-8")]
+            assert _english_messages(outputs) == fresh and not fresh & seen
+    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 8        # 4 variants × 2 seeds
+    assert (out / "confirmation_test.jsonl").is_file() and (out / "test.jsonl").is_file()
+    assert "2 multi-way messages per direction, gettext test split, confirmation set" in (
+        written["confirmation"]["markdown"].read_text())
+
+
+def test_a_confirmation_set_that_shares_a_message_with_the_exploratory_set_is_refused(toy, tmp_path):
+    _, options = toy
+    overlapping = {**options, "confirmation_pairs": options["test_pairs"]}
+    runner = StudyRunner(tmp_path, SIZE, **{k: v for k, v in overlapping.items() if k != "progress"})
+    with pytest.raises(ValueError, match="shares 2 messages with the exploratory one"):
+        runner.test_set("confirmation")
+    with pytest.raises(ValueError, match="unknown test set 'dev'"):
+        runner.test_set("dev")
+    assert not (tmp_path / "confirmation_test.jsonl").exists()
+
+
+def test_multiway_test_set_leaves_out_excluded_messages():
+    english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES for t in ("de", "zh")]
+    excluded = {m["en"] for m in MESSAGES[:4]}
+    drawn = multiway_test_set(english, ("en", "de", "zh"), 2, 40, seed=3, exclude=excluded)
+    assert _english_messages([vars(p) for p in drawn]) == {m["en"] for m in MESSAGES[4:]}
+    with pytest.raises(ValueError, match=r"only 2 test messages \(besides 4 excluded\)"):
+        multiway_test_set(english, ("en", "de", "zh"), 3, 40, exclude=excluded)
+    with pytest.raises(ValueError, match="not one string"):
+        multiway_test_set(english, ("en", "de", "zh"), 2, 40, exclude="Open the file")
+
+
 def test_pseudo_corpus_variants_train_on_their_own_pseudo_pairs(studies):
     out, _, reports, _, _ = studies
     pseudo = {v["name"]: v for v in reports["zero-shot"]["variants"] if v["pseudo"]}
@@ -204,6 +261,8 @@ def test_sizes_and_conflicting_stage_definitions_are_refused(toy, tmp_path):
         replace(SIZE, stage2_pairs=(-1,))
     with pytest.raises(ValueError, match="stage2_epochs"):
         replace(SIZE, stage2_epochs=0.0)
+    with pytest.raises(ValueError, match="confirmation_per_direction"):
+        replace(SIZE, confirmation_per_direction=0)
     with pytest.raises(ValueError, match="init"):
         PseudoSpec(init="fresh")
     assert set(STUDY_SIZES) == {"tiny", "cpu", "gpu"} and STUDY_SIZES["cpu"].base.test_per_direction >= 50
@@ -248,3 +307,28 @@ def test_the_runs_do_not_depend_on_how_the_output_folder_is_spelt(toy, tmp_path,
     variant = next(v for v in PLANS["zero-shot"](SIZE, Adapters(SIZE, 2)).variants if v.pseudo)
     corpus, _ = runner._pseudo_paths(variant, 0)
     assert runner.root == tmp_path / "studies" and corpus.is_relative_to(tmp_path / "studies")
+
+
+def test_a_bar_plot_keeps_long_run_names_inside_the_figure(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from lora_route.experiments import study_report
+
+    names = ["UniLoRA k=128, stage-2 replay share 0 % and learning rate ½ of stage 1's", "LoRA k=128", "UniLoRA k=0"]
+    cell = {"mean": 20.0, "min": 19.0, "max": 21.0, "std": 1.0}
+    report = {"title": "t", "seeds": [0, 1], "curves": {}, "groups": {"en_centric": [], "zero_shot": []},
+              "variants": [{"name": name} for name in names],
+              "scores": {name: {group: {"bleu": cell} for group in ("en_centric", "zero_shot")} for name in names}}
+    figures = []
+    monkeypatch.setattr(study_report, "save_png", lambda fig, path: figures.append(fig) or path)
+    study_report.write_study_plot(report, tmp_path / "study.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    labels = [label for ax in fig.axes for label in ax.get_yticklabels() + ax.get_xticklabels()
+              if label.get_text().replace("\n", " ") in names]
+    assert {label.get_text().replace("\n", " ") for label in labels} == set(names)
+    for label in labels:
+        extent = label.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, label
+    for ax in fig.axes:         # the names leave the bars room
+        assert ax.bbox.height >= 0.5 * box.height and ax.bbox.width >= 0.2 * box.width
