@@ -296,4 +296,7 @@ def run_studies(names: Sequence[str], size: StudySize, out_dir: str | Path, *, s
     runner = StudyRunner(out_dir, size, **runner_options)
     lora_rank = matched_lora_rank(runner.model_factory, Adapters(size, 1).unilora)
     adapters = Adapters(size, lora_rank)
-    return {name: write_study(run_study(PLANS[name](size, adapters), runner, seeds), out_dir) for name in names}
+    plans = {name: PLANS[name](size, adapters) for name in names}
+    for plan in plans.values():     # a test set the corpus cannot fill fails now, not after hours of training
+        runner.test_set(plan.test_set)
+    return {name: write_study(run_study(plan, runner, seeds), out_dir) for name, plan in plans.items()}

@@ -194,6 +194,17 @@ def test_a_confirmation_set_that_shares_a_message_with_the_exploratory_set_is_re
     assert not (tmp_path / "confirmation_test.jsonl").exists()
 
 
+def test_a_confirmation_set_the_corpus_cannot_fill_fails_before_any_training(toy, tmp_path, monkeypatch):
+    _, options = toy
+    without_confirmation = {k: v for k, v in options.items() if k != "confirmation_pairs"}
+    english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES for t in ("de", "zh")]
+    monkeypatch.setattr(study_runs, "load_gettext_corpus", lambda *args, **kwargs: english)
+    monkeypatch.setattr(recipe_module.Trainer, "train", lambda *args, **kwargs: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"only 4 test messages \(besides 2 excluded\)"):
+        run_studies(["stage2-data", "confirmation"], replace(SIZE, confirmation_per_direction=5), tmp_path,
+                    log=lambda _: None, **without_confirmation)
+
+
 def test_multiway_test_set_leaves_out_excluded_messages():
     english = [TranslationPair("en", t, m["en"], m[t]) for m in MESSAGES for t in ("de", "zh")]
     excluded = {m["en"] for m in MESSAGES[:4]}
