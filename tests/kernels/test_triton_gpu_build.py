@@ -1,37 +1,25 @@
 """Every Triton launch compiles to sm_80 (A100) and sm_90 (H100) machine code that fits those GPUs, on any machine.
 
 The interpreter that runs the kernels in the CPU tests accepts programs that the GPU compiler rejects and says nothing
-of registers or shared memory; ``tests/triton_cubins.py`` (run in a subprocess without ``TRITON_INTERPRET``) records
+of registers or shared memory; ``triton_cubins.py`` (run in a subprocess without ``TRITON_INTERPRET``) records
 the launches the launchers make over representative shapes, compiles each one with Triton for both architectures and
 reads its resources from the cubin.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cubin_checks import ARCHS, compiled_launches, half_precision_spills, over_shared_limit
 
 triton = pytest.importorskip("triton")
 
-ARCHS = (80, 90)
 KERNELS = {"_shrink_kernel", "_expand_kernel", "_grad_shrink_kernel", "_bank_grad_kernel"}
-# Shared memory one block may use: sm_80 code also runs on sm_86 (A10, RTX 30xx), which allows 99 KiB per block
-# (A100: 163 KiB); H100 allows 227 KiB.
-SHARED_LIMIT = {80: 99 * 1024, 90: 227 * 1024}
 
 
 @pytest.fixture(scope="module")
 def cubins() -> list[dict]:
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("triton_cubins.py")
-    result = subprocess.run([sys.executable, str(script), *map(str, ARCHS)], check=False, capture_output=True,
-                            text=True, env=env, timeout=900)
-    assert result.returncode == 0, f"compiling the Triton launches failed:\n{result.stderr[-4000:]}"
-    return json.loads(result.stdout)
+    return compiled_launches(Path(__file__).with_name("triton_cubins.py"), "the Triton launches")
 
 
 def _describe(entry: dict) -> str:
@@ -47,12 +35,10 @@ def test_every_kernel_compiles_for_every_architecture(cubins):
 
 
 def test_shared_memory_fits_each_architecture(cubins):
-    over = [f"{_describe(e)}: {e['shared']} B" for e in cubins if e["shared"] > SHARED_LIMIT[e["arch"]]]
+    over = over_shared_limit(cubins, _describe)
     assert not over, "launches over the per-block shared memory limit:\n" + "\n".join(over)
 
 
 def test_half_precision_launches_do_not_spill_registers(cubins):
-    """fp16/bf16 are the fast paths; fp32 launches (FMA products) may spill and are not held to this."""
-    spilled = [f"{_describe(e)}: {e['registers']} registers, {e['stack']} B stack, {e['local']} B local"
-               for e in cubins if e["dtype"] != "float32" and (e["stack"] or e["local"])]
+    spilled = half_precision_spills(cubins, _describe)
     assert not spilled, "register spills:\n" + "\n".join(spilled)
