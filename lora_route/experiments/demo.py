@@ -142,8 +142,8 @@ def multiway_test_set(english_pairs: Sequence[TranslationPair], languages: Seque
     """
     if per_direction < 1:
         raise ValueError(f"per_direction must be >= 1, got {per_direction}")
-    if isinstance(exclude, str):
-        raise ValueError("exclude must be a collection of English messages, not one string")
+    if isinstance(exclude, str) or not isinstance(exclude, Collection) or not all(isinstance(m, str) for m in exclude):
+        raise ValueError(f"exclude must be a collection of English messages (strings), got {exclude!r:.80}")
     exclude = set(exclude)
     others = [lang for lang in languages if lang != PIVOT]
     table: dict[str, dict[str, str]] = {}

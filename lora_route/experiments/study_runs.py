@@ -278,9 +278,14 @@ class StudyRunner:
         self.model_factory = model_factory or functools.partial(load_for_device, model_name, self.ctx.device)
         self.progress, self.log = progress, log
         self.identifier = LanguageIdentifier()
+        given = {"exploratory": test_pairs, "confirmation": confirmation_pairs}
+        for name, pairs in given.items():
+            if pairs is not None and (isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs
+                                      or not all(isinstance(pair, TranslationPair) for pair in pairs)):
+                raise ValueError(f"the {name} test set must be a non-empty sequence of TranslationPair, "
+                                 f"got {pairs!r:.80}")
         self._test_sets: dict[str, list[TranslationPair]] = {
-            name: list(pairs) for name, pairs in (("exploratory", test_pairs), ("confirmation", confirmation_pairs))
-            if pairs is not None}
+            name: list(pairs) for name, pairs in given.items() if pairs is not None}
         self._ready: set[str] = set()
         self._english: list[TranslationPair] | None = None
         self._stage_names: dict[tuple[str, int, str], str] = {}

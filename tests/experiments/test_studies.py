@@ -191,6 +191,10 @@ def test_a_confirmation_set_that_shares_a_message_with_the_exploratory_set_is_re
         runner.test_set("confirmation")
     with pytest.raises(ValueError, match="unknown test set 'dev'"):
         runner.test_set("dev")
+    for wrong in ([], "test.jsonl", [("en", "de", "a", "b")]):
+        with pytest.raises(ValueError, match="the confirmation test set must be a non-empty sequence of TranslationPair"):
+            StudyRunner(tmp_path, SIZE, **{**{k: v for k, v in options.items() if k != "progress"},
+                                           "confirmation_pairs": wrong})
     assert not (tmp_path / "confirmation_test.jsonl").exists()
 
 
@@ -212,8 +216,9 @@ def test_multiway_test_set_leaves_out_excluded_messages():
     assert _english_messages([vars(p) for p in drawn]) == {m["en"] for m in MESSAGES[4:]}
     with pytest.raises(ValueError, match=r"only 2 test messages \(besides 4 excluded\)"):
         multiway_test_set(english, ("en", "de", "zh"), 3, 40, exclude=excluded)
-    with pytest.raises(ValueError, match="not one string"):
-        multiway_test_set(english, ("en", "de", "zh"), 2, 40, exclude="Open the file")
+    for wrong in ("Open the file", 5, [1, 2]):
+        with pytest.raises(ValueError, match="exclude must be a collection of English messages"):
+            multiway_test_set(english, ("en", "de", "zh"), 2, 40, exclude=wrong)
 
 
 def test_pseudo_corpus_variants_train_on_their_own_pseudo_pairs(studies):
