@@ -129,30 +129,31 @@ def greedy_decode(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *
             inputs["position_ids"] = positions
         if cache is not None:
             inputs[cache_name] = cache
-        screen = screened_output_layer(model) if screen_output else contextlib.nullcontext()
-        with routing(rows.tolist()), screen:
+        with routing(rows.tolist()):
             outputs = model(**inputs)
         return outputs.logits[:, -1].float().argmax(-1), getattr(outputs, cache_name)
 
-    next_tokens, cache = forward(input_ids, position_ids, mask, rows, None)
-    next_positions = position_ids[:, -1:] + 1
-    for step in range(max_new_tokens):
-        generated[rows, step] = next_tokens
-        lengths[rows] += 1
-        done = next_tokens == eos_id
-        if finished is not None:
-            done |= finished(next_tokens)
-        if step == max_new_tokens - 1 or bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            rows, next_tokens, next_positions = rows[keep], next_tokens[keep], next_positions[keep]
-            mask = mask[keep] if mask is not None else None
-            cache.batch_select_indices(keep)
+    # The output layer is screened for the whole decode, from the prompt's forward to the last step.
+    with screened_output_layer(model) if screen_output else contextlib.nullcontext():
+        next_tokens, cache = forward(input_ids, position_ids, mask, rows, None)
+        next_positions = position_ids[:, -1:] + 1
+        for step in range(max_new_tokens):
+            generated[rows, step] = next_tokens
+            lengths[rows] += 1
+            done = next_tokens == eos_id
             if finished is not None:
-                finished.select(keep)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        next_tokens, cache = forward(next_tokens[:, None], next_positions, mask, rows, cache)
-        next_positions = next_positions + 1
+                done |= finished(next_tokens)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                rows, next_tokens, next_positions = rows[keep], next_tokens[keep], next_positions[keep]
+                mask = mask[keep] if mask is not None else None
+                cache.batch_select_indices(keep)
+                if finished is not None:
+                    finished.select(keep)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            next_tokens, cache = forward(next_tokens[:, None], next_positions, mask, rows, cache)
+            next_positions = next_positions + 1
     return [generated[row, :length].tolist() for row, length in enumerate(lengths.tolist())]
