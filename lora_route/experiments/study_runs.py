@@ -284,9 +284,9 @@ class StudyRunner:
                                       or not all(isinstance(pair, TranslationPair) for pair in pairs)):
                 raise ValueError(f"the {name} test set must be a non-empty sequence of TranslationPair, "
                                  f"got {pairs!r:.80}")
-        self._test_sets: dict[str, list[TranslationPair]] = {
-            name: list(pairs) for name, pairs in given.items() if pairs is not None}
-        self._ready: set[str] = set()
+        # Test sets as given, and as checked and written (what test_set returns).
+        self._given = {name: list(pairs) for name, pairs in given.items() if pairs is not None}
+        self._test_sets: dict[str, list[TranslationPair]] = {}
         self._english: list[TranslationPair] | None = None
         self._stage_names: dict[tuple[str, int, str], str] = {}
 
@@ -296,9 +296,9 @@ class StudyRunner:
         (exploratory) or ``<root>/<name>_test.jsonl``."""
         if name not in TEST_SETS:
             raise ValueError(f"unknown test set {name!r}; choose one of {', '.join(TEST_SETS)}")
-        if name in self._ready:
+        if name in self._test_sets:
             return self._test_sets[name]
-        pairs = self._test_sets.get(name)
+        pairs = self._given.get(name)
         base = self.size.base
         if name == "exploratory" and pairs is None:
             pairs = multiway_test_set(self._english_test_pairs(), base.languages, base.test_per_direction,
@@ -317,7 +317,6 @@ class StudyRunner:
         if not path.is_file():
             write_jsonl(path, (asdict(p) for p in pairs))
         self._test_sets[name] = pairs
-        self._ready.add(name)
         return pairs
 
     def _english_test_pairs(self) -> list[TranslationPair]:
