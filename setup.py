@@ -1,9 +1,12 @@
-"""Build script: compiles ``lora_route._C`` from ``csrc/`` when a CUDA build of torch and nvcc are present.
+"""Build script: compiles ``lora_route._C`` from ``csrc/`` when torch is importable in the build environment (that is,
+``pip install --no-build-isolation`` with torch installed).
 
-Without them (CPU-only torch, no nvcc, or ``LORA_ROUTE_BUILD_CUDA=0``) the pure-Python package installs and
-the Triton and torch backends serve every call. ``LORA_ROUTE_BUILD_CUDA=1`` makes a missing toolchain an error
-instead. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default: Ampere 8.0/8.6 and Hopper 9.0; 8.0 or
-newer, the kernels use bf16 tensor cores); ``MAX_JOBS`` caps the parallel compile jobs of ninja.
+With a CUDA build of torch and nvcc the extension holds the CUDA and the CPU kernels; without them (CPU-only torch,
+no nvcc) it holds the CPU kernels alone. Without torch in the build environment, or with ``LORA_ROUTE_BUILD_CUDA=0``,
+the pure-Python package installs and the Triton and torch backends serve every call. ``LORA_ROUTE_BUILD_CUDA=1``
+makes a missing CUDA toolchain an error instead. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default:
+Ampere 8.0/8.6 and Hopper 9.0; 8.0 or newer, the kernels use bf16 tensor cores); ``MAX_JOBS`` caps the parallel
+compile jobs of ninja.
 """
 import glob
 import os
@@ -23,8 +26,6 @@ def _say(message):
 
 def _cuda_build_reason():
     """Return None when the CUDA extension can be built, else why it cannot."""
-    if os.environ.get("LORA_ROUTE_BUILD_CUDA", "auto") == "0":
-        return "LORA_ROUTE_BUILD_CUDA=0"
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME
@@ -59,23 +60,39 @@ def _arch_list():
     return arch_list
 
 
+def _torch_importable():
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _extensions():
+    if os.environ.get("LORA_ROUTE_BUILD_CUDA", "auto") == "0":
+        _say("installing the pure-Python package without lora_route._C (LORA_ROUTE_BUILD_CUDA=0)")
+        return [], {}
     reason = _cuda_build_reason()
-    if reason is not None:
-        if os.environ.get("LORA_ROUTE_BUILD_CUDA") == "1":
-            raise RuntimeError(f"LORA_ROUTE_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+    if reason is not None and os.environ.get("LORA_ROUTE_BUILD_CUDA") == "1":
+        raise RuntimeError(f"LORA_ROUTE_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+    if reason is not None and not _torch_importable():
         _say(f"installing the pure-Python package without lora_route._C ({reason})")
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
-    _say(f"building lora_route._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
-    extension = CUDAExtension(
-        name="lora_route._C",
-        sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu")),
-        depends=glob.glob("csrc/*.h"),
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
-    )
+    cpu_sources = sorted(glob.glob("csrc/*.cpp"))
+    options = {"depends": glob.glob("csrc/*.h"), "extra_link_args": ["-fopenmp"]}
+    if reason is None:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
+        _say("building lora_route._C (CUDA and CPU kernels) for "
+             f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        extension = CUDAExtension(name="lora_route._C", sources=cpu_sources + sorted(glob.glob("csrc/*.cu")),
+                                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]}, **options)
+    else:
+        _say(f"building lora_route._C with the CPU kernels only ({reason})")
+        extension = CppExtension(name="lora_route._C", sources=cpu_sources,
+                                 define_macros=[("LORA_ROUTE_CPU_ONLY", None)],
+                                 extra_compile_args=["-O3", "-fopenmp"], **options)
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

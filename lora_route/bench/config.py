@@ -18,7 +18,7 @@ POPULARITIES = ("uniform", "zipf", "single")
 WORKLOAD_KINDS = ("forward", "forward_backward", "decode")
 LAYER_PROVIDERS = (
     "base", "peft_single", "peft_mixed", "naive_loop", "lora_route_triton", "lora_route_triton_fused", "lora_route_cuda",
-    "lora_route_torch",
+    "lora_route_cpu", "lora_route_torch",
 )
 TRAIN_PROVIDERS = (
     "peft_single", "peft_mixed", "naive_loop",

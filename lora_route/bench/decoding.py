@@ -2,7 +2,8 @@
 
 - :func:`routed_decode_overhead`: mixed-direction greedy decoding — ``prompts`` prompts cycling through every
   direction among ``languages``, exactly ``new_tokens`` new tokens each — by the unpatched model, the same model
-  patched with UniLoRA (random B, so that the delta is not zero) and PEFT's mixed-adapter batch (one LoRA per
+  patched with UniLoRA (random B, so that the delta is not zero) on the backend ``backend="auto"`` picks (and, where
+  that is not the torch backend, once more on the torch backend) and PEFT's mixed-adapter batch (one LoRA per
   direction on the same modules, rows routed by ``adapter_names=``); the median of ``reps`` alternating
   repetitions and each one's ratio to the unpatched model, and the median of the ratios within each repetition
   (which a slow spell of the machine moves less); then, in one more untimed call each, the median µs per forward of
@@ -32,6 +33,7 @@ from lora_route.bench.peft_baseline import attach_peft_loras, peft_adapter_name
 from lora_route.common.plotting import pyplot, save_png
 from lora_route.eval.evaluate import decode_pairs
 from lora_route.eval.generation import translate
+from lora_route.kernels.dispatch import backend_override, resolve_backend
 
 # Issue targets (never asserted): routed decoding within 5 % of the unpatched model; first-line stopping at least
 # 3× the messages per second of decoding on for the base model, 1.5× for trained adapters.
@@ -48,7 +50,8 @@ def _synchronize(device: torch.device) -> None:
 def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[str] = ("en", "de", "zh"),
                            prompts: int = 12, new_tokens: int = 24, reps: int = 5, r: int = 16, r_uni: int = 64,
                            seed: int = 0) -> dict[str, Any]:
-    """Seconds per ``generate`` call of the unpatched ``model``, a UniLoRA-patched copy and PEFT's mixed batch
+    """Seconds per ``generate`` call of the unpatched ``model``, a UniLoRA-patched copy (on the backend ``"auto"``
+    picks, ``routed_backend``, and on the torch backend too where that is another one) and PEFT's mixed batch
     (copies in ``model``'s mode, which is expected to be eval: PEFT refuses ``adapter_names`` in training mode), and
     each ratio to the unpatched model."""
     if prompts < 1 or new_tokens < 1 or reps < 1:
@@ -74,14 +77,21 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
     with torch.no_grad():
         for module in routed_modules(patched).values():
             module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=generator) * 0.01)
+    routed_backend = resolve_backend("auto", torch.empty(1, 1, dtype=next(patched.parameters()).dtype, device=device),
+                                     r)
     calls: dict[str, Callable[[], object]] = {
         "unpatched": lambda: model.generate(**batch, **settings),
         "lora_route_unilora": lambda: _routed_generate(patched, batch, settings, src, tgt),
     }
+    models = {"unpatched": model, "lora_route_unilora": patched}
+    if routed_backend != "torch":
+        calls["lora_route_unilora_torch"] = lambda: _routed_generate(patched, batch, settings, src, tgt, "torch")
+        models["lora_route_unilora_torch"] = patched
     peft_model = attach_peft_loras(copy.deepcopy(model), DEFAULT_TARGET_MODULES, r, 2.0 * r, len(directions),
                                    autocast_adapter_dtype=False)
     names = [peft_adapter_name(directions.index(row)) for row in rows]
     calls["peft_mixed"] = lambda: peft_model.generate(**batch, **settings, adapter_names=names)
+    models["peft_mixed"] = peft_model
 
     times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.no_grad():
@@ -94,12 +104,12 @@ def routed_decode_overhead(model: nn.Module, tokenizer, *, languages: Sequence[s
                 call()
                 _synchronize(device)
                 times[name].append(time.perf_counter() - started)
-        models = {"unpatched": model, "lora_route_unilora": patched, "peft_mixed": peft_model}
         module_us = {name: _targeted_module_times(models[name], call, device) for name, call in calls.items()}
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         "prompts": prompts, "new_tokens": new_tokens, "directions": len(directions), "reps": reps,
         "adapter": {"method": "unilora", "r": r, "r_uni": r_uni, "target_modules": list(DEFAULT_TARGET_MODULES)},
+        "routed_backend": routed_backend,
         "seconds": times, "median_s": medians,
         "module_us_per_call": module_us,
         "module_extra_us_per_decode_call": {name: times_us["decode"] - module_us["unpatched"]["decode"]
@@ -140,8 +150,8 @@ def _targeted_module_times(model: nn.Module, call: Callable[[], object], device:
     return {kind: statistics.median(values) if values else float("nan") for kind, values in per_call.items()}
 
 
-def _routed_generate(model, batch, settings, src, tgt):
-    with route(model, src, tgt):
+def _routed_generate(model, batch, settings, src, tgt, backend: str | None = None):
+    with route(model, src, tgt), backend_override(backend):
         return model.generate(**batch, **settings)
 
 
@@ -199,7 +209,10 @@ def write_decoding_plot(result: dict, path) -> None:
     overhead, stopping = result["routed_decode_overhead"], result["first_line_stopping"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     names = list(overhead["ratio_to_unpatched"])
-    left.bar(names, [overhead["ratio_to_unpatched"][n] for n in names], color=["#999999", "#1f77b4", "#d62728"])
+    colors = {"unpatched": "#999999", "lora_route_unilora": "#1f77b4", "lora_route_unilora_torch": "#9467bd",
+              "peft_mixed": "#d62728"}
+    left.bar([name.replace("lora_route_", "") for name in names], [overhead["ratio_to_unpatched"][n] for n in names],
+             color=[colors[n] for n in names])
     left.axhline(overhead["target_ratio"], color="black", linestyle="--", linewidth=1, label="target")
     left.set_ylabel("decode time × unpatched model")
     left.set_title(f"{overhead['prompts']} prompts × {overhead['new_tokens']} tokens, {overhead['directions']} "

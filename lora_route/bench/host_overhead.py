@@ -6,8 +6,9 @@ called ``calls`` times per repetition with rows routed at random over the A and 
 every layer of a model shares one) and without one (the op then checks the indices and plans per call).
 
 Providers: ``f_linear`` (the base layer alone), ``torch_dense`` and ``torch_segments`` (the torch backend in each of
-its formulations, whatever the bank sizes would pick), and on CUDA ``triton``, ``triton_fused`` and ``cuda``. On a CPU
-the fast backends are not measured: the Triton kernels run there only in the interpreter, whose times mean nothing.
+its formulations, whatever the bank sizes would pick), on a CPU ``cpu`` (the compiled CPU kernels, where built), and
+on CUDA ``triton``, ``triton_fused`` and ``cuda``. On a CPU the Triton and CUDA backends are not measured: the Triton
+kernels run there only in the interpreter, whose times mean nothing.
 
 Times are µs per call, median over the repetitions. On a CPU every op is synchronous: ``host_us`` is the whole call.
 On CUDA ``host_us`` is ``time.perf_counter`` around ``calls`` enqueued calls without synchronising (the host's share)
@@ -32,7 +33,7 @@ from lora_route.kernels.op import routed_linear
 from lora_route.kernels.plan import plan_routes
 from lora_route.kernels.torch_backend import forced_formulation
 
-HOST_PROVIDERS = ("f_linear", "torch_dense", "torch_segments", "triton", "triton_fused", "cuda")
+HOST_PROVIDERS = ("f_linear", "torch_dense", "torch_segments", "cpu", "triton", "triton_fused", "cuda")
 CUDA_ONLY = ("triton", "triton_fused", "cuda")
 
 

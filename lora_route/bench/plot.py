@@ -10,7 +10,7 @@ from lora_route.common.plotting import pyplot, save_png
 PROVIDER_COLORS = {
     "base": "#7f7f7f", "peft_single": "#1f77b4", "peft_mixed": "#d62728", "naive_loop": "#ff7f0e",
     "lora_route_triton": "#2ca02c", "lora_route_triton_fused": "#98df8a", "lora_route_cuda": "#17becf",
-    "lora_route_torch": "#9467bd",
+    "lora_route_cpu": "#e377c2", "lora_route_torch": "#9467bd",
     "lora_route_lora": "#bcbd22", "lora_route_molora_static": "#2ca02c", "lora_route_crosslora": "#8c564b",
 }
 

@@ -18,8 +18,6 @@ the forward, model parameters excluded — the activation memory a provider adds
 from __future__ import annotations
 
 import copy
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +34,7 @@ from lora_route.bench.naive import patch_naive_loop
 from lora_route.bench.peft_baseline import attach_peft_loras, peft_adapter_name
 from lora_route.bench.timing import Timer
 from lora_route.bench.workloads import sequence_adapters
+from lora_route.kernels.dispatch import backend_override
 
 DIRECTIONS = tuple((src, tgt) for src in LANGUAGES for tgt in LANGUAGES if src != tgt)
 ROUTED_METHODS = ("lora", "molora_static", "crosslora")
@@ -79,23 +78,6 @@ def make_batch(spec: TrainModelSpec, device: torch.device, seed: int) -> TrainBa
     directions = sequence_adapters("uniform", spec.sequences, len(DIRECTIONS), seed)
     pairs = [DIRECTIONS[i] for i in directions.tolist()]
     return TrainBatch(input_ids, directions, [s for s, _ in pairs], [t for _, t in pairs])
-
-
-@contextmanager
-def backend_override(backend: str | None):
-    """Set ``LORA_ROUTE_BACKEND`` (what ``backend="auto"`` resolves to) inside the block; None leaves it alone."""
-    if backend is None:
-        yield
-        return
-    previous = os.environ.get("LORA_ROUTE_BACKEND")
-    os.environ["LORA_ROUTE_BACKEND"] = backend
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("LORA_ROUTE_BACKEND", None)
-        else:
-            os.environ["LORA_ROUTE_BACKEND"] = previous
 
 
 @dataclass

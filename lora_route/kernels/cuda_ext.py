@@ -14,13 +14,11 @@ of a segment-wise backward. Where that is too slow (many banks) the Triton backw
 """
 from __future__ import annotations
 
-import functools
-import importlib
-
 import torch
 from torch import Tensor
 
 from lora_route.kernels.backend import Backend, RowRoutes
+from lora_route.kernels.extension import load_extension
 from lora_route.kernels.plan import shape_class
 from lora_route.kernels.torch_backend import dense_backward
 
@@ -29,26 +27,19 @@ KERNELS = ("auto", "gather", "segment")
 MIN_COMPUTE_CAPABILITY = (8, 0)
 
 
-@functools.lru_cache(maxsize=1)
-def _extension():
-    """``(module, None)`` when ``lora_route._C`` imports, else ``(None, why)``."""
-    try:
-        module = importlib.import_module("lora_route._C")  # a compiled binary, present only where it was built
-    except ImportError as error:
-        return None, f"lora_route._C is not built or does not load ({error})"
-    return module, None
-
-
 def available() -> bool:
-    """True when ``lora_route._C`` imports and torch sees a CUDA device."""
-    return _extension()[0] is not None and torch.cuda.is_available()
+    """True when ``lora_route._C`` imports with its CUDA kernels and torch sees a CUDA device."""
+    module, _ = load_extension()
+    return module is not None and hasattr(module, "routed_forward") and torch.cuda.is_available()
 
 
 def unsupported_reason(x: Tensor, rank: int | None = None) -> str | None:
     """Why this backend cannot serve a call on ``x`` (None when it can); every rank is served."""
-    module, why = _extension()
+    module, why = load_extension()
     if module is None:
         return why
+    if not hasattr(module, "routed_forward"):
+        return "this build of lora_route._C has no CUDA kernels (it was built without a CUDA toolchain)"
     if x.device.type != "cuda":
         return f"the cuda backend needs CUDA tensors; got {x.device.type}"
     if x.dtype not in CUDA_DTYPES:
@@ -79,7 +70,7 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
         gather = shape_class(x.shape[0]) == "decode"
     else:
         gather = kernel == "gather"
-    module, _ = _extension()
+    module, _ = load_extension()
     if row_scale is not None:
         row_scale = row_scale.contiguous()  # a 0-d scale reaches here expanded to (T,) with stride 0
     row_order, segment_starts, segment_routes, _ = plan

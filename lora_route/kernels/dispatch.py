@@ -1,26 +1,30 @@
 """Which backend serves a call: the registry of backends and the ``backend="auto"`` rule.
 
-Backends (``"cuda"``: the compiled extension, ``"triton"``: the Triton shrink / expand kernels after cuBLAS,
-``"triton_fused"``: the base GEMM with the delta in its epilogue, ``"torch"``: plain PyTorch) implement the interface
-of :mod:`lora_route.kernels.backend`. ``backend="auto"`` (or ``LORA_ROUTE_BACKEND``) takes, on CUDA tensors, the first
-backend of :data:`AUTO_PREFERENCE` for the call's shape class that can serve it, then torch; an explicit backend that
-cannot serve a call raises ``ValueError`` saying why. The op resolves through :func:`resolve_backend_cached`, so the
-layers of a model that share one kind of call resolve it once, not once per layer.
+Backends (``"cuda"``: the compiled extension's CUDA kernels, ``"triton"``: the Triton shrink / expand kernels after
+cuBLAS, ``"triton_fused"``: the base GEMM with the delta in its epilogue, ``"cpu"``: the compiled extension's CPU
+kernels, ``"torch"``: plain PyTorch) implement the interface of :mod:`lora_route.kernels.backend`. ``backend="auto"``
+(or ``LORA_ROUTE_BACKEND``) takes, on CUDA tensors, the first backend of :data:`AUTO_PREFERENCE` for the call's shape
+class that can serve it, then torch; on CPU tensors the cpu backend where it can serve the call, then torch; an
+explicit backend that cannot serve a call raises ``ValueError`` saying why. The op resolves through
+:func:`resolve_backend_cached`, so the layers of a model that share one kind of call resolve it once, not once per
+layer.
 """
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from lora_route.kernels import cuda_ext, torch_backend, triton_backend
+from lora_route.kernels import cpu_ext, cuda_ext, torch_backend, triton_backend
 from lora_route.kernels.backend import Backend
 from lora_route.kernels.plan import DECODE_MAX_ROWS, shape_class
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
-    cuda_ext.BACKEND, triton_backend.TRITON, triton_backend.TRITON_FUSED, torch_backend.BACKEND)}
+    cuda_ext.BACKEND, triton_backend.TRITON, triton_backend.TRITON_FUSED, cpu_ext.BACKEND, torch_backend.BACKEND)}
 BACKEND_NAMES = tuple(BACKENDS)
 # backend="auto" on CUDA tensors tries the fast backends in this order per shape class, then torch. Not measured yet
 # (no GPU has run the benchmark): the order is to be set from a GPU run's ``auto_preference`` (benchmarks/), and
@@ -28,12 +32,30 @@ BACKEND_NAMES = tuple(BACKENDS)
 AUTO_PREFERENCE = {"decode": ("triton", "cuda"), "prefill_or_training": ("triton", "cuda")}
 
 
+@contextmanager
+def backend_override(backend: str | None) -> Iterator[None]:
+    """Set ``LORA_ROUTE_BACKEND`` (what ``backend="auto"`` resolves to) inside the block; None leaves it alone."""
+    if backend is None:
+        yield
+        return
+    previous = os.environ.get("LORA_ROUTE_BACKEND")
+    os.environ["LORA_ROUTE_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LORA_ROUTE_BACKEND", None)
+        else:
+            os.environ["LORA_ROUTE_BACKEND"] = previous
+
+
 def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
 def backends() -> dict[str, bool]:
-    """Which backends this install can run: ``{"cuda": bool, "triton": bool, "triton_fused": bool, "torch": True}``."""
+    """Which backends this install can run: ``{"cuda": bool, "triton": bool, "triton_fused": bool, "cpu": bool,
+    "torch": True}``."""
     return {name: backend.available() for name, backend in BACKENDS.items()}
 
 
@@ -52,12 +74,15 @@ def resolve_backend(backend: str, x: Tensor, rank: int | None = None, weight: Te
 
     An explicit ``backend`` (or ``LORA_ROUTE_BACKEND`` when ``backend="auto"``) must be able to serve the call,
     else ``ValueError``. ``"auto"`` on CUDA tensors takes the first backend of ``AUTO_PREFERENCE`` for the call's
-    :func:`~lora_route.kernels.plan.shape_class` that can serve it, else torch; on CPU tensors it takes torch (Triton
-    runs on CPU only under ``TRITON_INTERPRET=1``, which is for tests).
+    :func:`~lora_route.kernels.plan.shape_class` that can serve it, else torch; on CPU tensors it takes the cpu backend
+    where that can serve the call (``lora_route._C`` built, float32), else torch (Triton runs on CPU only under
+    ``TRITON_INTERPRET=1``, which is for tests).
     """
     if backend == "auto":
         backend = os.environ.get("LORA_ROUTE_BACKEND", "auto")
     if backend == "auto":
+        if x.device.type == "cpu":
+            return "cpu" if unsupported_reason("cpu", x, rank, weight) is None else "torch"
         if x.device.type != "cuda":
             return "torch"
         for name in AUTO_PREFERENCE[shape_class(math.prod(x.shape[:-1]))]:

@@ -92,16 +92,16 @@ def _row_scales(row_scale: Tensor | None, scale: float, active: Tensor, dtype: t
 _EXPAND_LAYOUTS: dict[int, tuple[weakref.ref, tuple[int, int], Tensor]] = {}
 
 
-def _expand_layout(B: Tensor) -> Tensor:
-    """B (n_b, d_out, r) as (n_b·r, d_out), block ``b`` holding ``B[b]ᵀ``."""
+def expand_layout(B: Tensor) -> Tensor:
+    """B (n_b, d_out, r) as a contiguous (n_b·r, d_out), block ``b`` holding ``B[b]ᵀ``."""
     if torch.is_grad_enabled() or B.is_inference() or (B.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return B.transpose(1, 2).reshape(B.shape[0] * B.shape[2], B.shape[1])
+        return B.transpose(1, 2).contiguous().view(B.shape[0] * B.shape[2], B.shape[1])
     key = (B._version, B.data_ptr())
     cached = _EXPAND_LAYOUTS.get(id(B))
     if cached is None or cached[0]() is not B or cached[1] != key:
         if cached is None or cached[0]() is not B:
             weakref.finalize(B, _EXPAND_LAYOUTS.pop, id(B), None)
-        layout = B.transpose(1, 2).reshape(B.shape[0] * B.shape[2], B.shape[1])
+        layout = B.transpose(1, 2).contiguous().view(B.shape[0] * B.shape[2], B.shape[1])
         cached = _EXPAND_LAYOUTS[id(B)] = (weakref.ref(B), key, layout)
     return cached[2]
 
@@ -142,7 +142,7 @@ def dense_delta(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale: Te
     """``(delta (T, d_out), z (T, r))`` in the dense formulation (module docstring); rows without adapter get an
     exactly zero delta."""
     spread, z = dense_shrink(x, A, U, row_scale, scale, routes, B.shape[0])
-    return spread @ _expand_layout(B), z
+    return spread @ expand_layout(B), z
 
 
 def dense_backward(grad_out: Tensor, x: Tensor, z: Tensor, A: Tensor, B: Tensor, U: Tensor | None,
@@ -181,8 +181,8 @@ def forward(x, weight, bias, A, B, U, row_scale, scale, routes: RowRoutes):
         return (delta if weight is None else torch.nn.functional.linear(x, weight, bias).add_(delta)), z
     spread, z = dense_shrink(x, A, U, row_scale, scale, routes, B.shape[0])
     if weight is None:
-        return spread @ _expand_layout(B), z
-    return torch.nn.functional.linear(x, weight, bias).addmm_(spread, _expand_layout(B)), z
+        return spread @ expand_layout(B), z
+    return torch.nn.functional.linear(x, weight, bias).addmm_(spread, expand_layout(B)), z
 
 
 def backward(grad_out, x, z, weight, A, B, U, row_scale, scale, routes: RowRoutes, needs):

@@ -25,7 +25,7 @@ from lora_route.bench.targets import TARGETS, evaluate_targets
 from lora_route.bench.timing import Timer, summarize
 from lora_route.bench.workloads import row_adapters, sequence_adapters
 from lora_route.cli.bench import main as bench_main
-from lora_route.kernels import reference
+from lora_route.kernels import cpu_ext, reference
 from lora_route.kernels.plan import shape_class
 
 LAYER_KEYS = {"shape", "hidden", "ffn", "rank", "num_adapters", "workload", "kind", "tokens", "sequences", "seq_len",
@@ -37,6 +37,8 @@ TRAIN_KEYS = {"provider", "backend", "tokens", "status", "reason", "step_median_
 ROOT = Path(__file__).resolve().parents[2]
 # The Triton interpreter takes seconds per call; the smoke test leaves it to the committed CPU smoke run.
 SMOKE_LAYER_PROVIDERS = tuple(p for p in LAYER_PROVIDERS if p not in ("lora_route_triton", "lora_route_triton_fused"))
+# The backends a CPU smoke run measures: the torch backend, and the CPU kernels where lora_route._C is built.
+CPU_BACKENDS = {"torch", "cpu"} if cpu_ext.available() else {"torch"}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_summary_fits_one_screen_and_names_every_target(smoke_run):
     for target in result["targets"]:
         assert target["name"] in text
     assert "peft_mixed  forward_4096           H100    5.8x" in text
-    assert "auto_preference (fastest first): decode: torch" in text
+    assert re.search(r"^auto_preference \(fastest first\): decode: (torch|cpu)", text, flags=re.MULTILINE)
     assert "decode on tiny_gemma_mlp, uniform popularity" in text
     assert "host time per routed_linear call: 64 rows, random over 30 A x 30 B experts, r=16, float32\n" in text
     assert "  µs per call, with a prebuilt plan | without, per layer (d_in x d_out):" in text
@@ -178,14 +180,16 @@ def test_smoke_layer_results_schema_and_agreement(smoke_run):
     assert by_provider[("peft_mixed", "forward")] == {"ok"}
     assert by_provider[("peft_mixed", "forward_backward")] == {"skipped"}
     assert by_provider[("lora_route_torch", "forward_backward")] == {"ok"}
+    assert by_provider[("lora_route_cpu", "forward_backward")] == ({"ok"} if cpu_ext.available() else {"skipped"})
     assert all(r["ratio_to_base"] == 1.0 for r in rows if r["provider"] == "base")
     peft_train = next(r for r in rows if r["provider"] == "peft_mixed" and r["kind"] == "forward_backward")
     assert "training mode" in peft_train["reason"]
     assert len(result["plan_results"]) == len(workloads)
     choices = result["fastest_backends"]
-    assert len(choices) == len(workloads) and all(c["fastest"] == "torch" for c in choices)  # the only one run
+    assert len(choices) == len(workloads) and all(c["fastest"] in CPU_BACKENDS for c in choices)  # the ones run
     assert all(c["shape_class"] == shape_class(c["rows"]) for c in choices)
-    assert result["auto_preference"]["decode"]["order"] == ["torch"]  # the minimal preset's calls are all decode-sized
+    # the minimal preset's calls are all decode-sized
+    assert set(result["auto_preference"]["decode"]["order"]) == CPU_BACKENDS
     assert result["auto_preference"]["prefill_or_training"]["order"] == []
 
 

@@ -5,14 +5,17 @@ from train_helpers import tiny_tokenizer, toy_pairs
 from lora_route.adapters.config import RoutedLoRAConfig
 from lora_route.adapters.patch import apply_routed_lora, routed_modules
 from lora_route.bench.decoding import first_line_stopping, routed_decode_overhead, write_decoding_plot
+from lora_route.kernels import cpu_ext
 
 pytest.importorskip("peft")
 
 
-def test_routed_decode_overhead_measures_all_three_and_leaves_the_model_alone():
+def test_routed_decode_overhead_measures_every_model_and_leaves_the_model_alone():
     model, tokenizer = tiny_causal_lm("gemma3"), tiny_tokenizer()
     result = routed_decode_overhead(model, tokenizer, prompts=4, new_tokens=3, reps=2, r=2, r_uni=4)
-    assert set(result["ratio_to_unpatched"]) == {"unpatched", "lora_route_unilora", "peft_mixed"}
+    assert result["routed_backend"] == ("cpu" if cpu_ext.available() else "torch")
+    torch_too = {"lora_route_unilora_torch"} if cpu_ext.available() else set()
+    assert set(result["ratio_to_unpatched"]) == {"unpatched", "lora_route_unilora", "peft_mixed"} | torch_too
     assert result["ratio_to_unpatched"]["unpatched"] == 1.0 and result["paired_ratio_median"]["unpatched"] == 1.0
     (peft_1, peft_2), (base_1, base_2) = result["seconds"]["peft_mixed"], result["seconds"]["unpatched"]
     assert result["paired_ratio_median"]["peft_mixed"] == pytest.approx((peft_1 / base_1 + peft_2 / base_2) / 2)

@@ -2,9 +2,10 @@
 
 The grid samples (rather than crosses) sizes, ranks, bank sizes, index patterns, the optional core U and the scale
 kind; every sampled case runs for every backend and dtype — the torch backend in both its formulations ("torch": dense,
-"torch-segments": one GEMM pair per segment). CPU runs the torch backend and the Triton kernels under
-``TRITON_INTERPRET=1`` (see conftest.py); the ``cuda``-marked copy adds masked sizes 2049 / 4097 on a GPU. The layer
-grid runs ``routed_linear`` (base GEMM included) through every backend, the fused Triton one among them.
+"torch-segments": one GEMM pair per segment). CPU runs the torch backend, the compiled CPU kernels (float32, where
+``lora_route._C`` is built) and the Triton kernels under ``TRITON_INTERPRET=1`` (see conftest.py); the
+``cuda``-marked copy adds masked sizes 2049 / 4097 on a GPU. The layer grid runs ``routed_linear`` (base GEMM
+included) through every backend, the fused Triton one among them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from lora_route.triton_kernels import unsupported_reason
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TORCH_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+CPU_DTYPES = (torch.float32,)
 PATTERNS = ("one", "distinct", "zipf", "none", "mixed")
 
 
@@ -80,7 +82,8 @@ GPU_CASES = [
 def _backend_dtypes(backends):
     pairs = []
     for backend in backends:
-        for dtype in TORCH_DTYPES if backend.startswith("torch") else TRITON_DTYPES:
+        dtypes = TORCH_DTYPES if backend.startswith("torch") else CPU_DTYPES if backend == "cpu" else TRITON_DTYPES
+        for dtype in dtypes:
             pairs.append(pytest.param(backend, dtype, id=f"{backend}-{str(dtype).split('.')[-1]}"))
     return pairs
 
@@ -214,7 +217,7 @@ def _check_case(case: Case, backend: str, dtype: torch.dtype, device: str) -> No
 
 
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton")))
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton", "cpu")))
 def test_grid_matches_float64_reference(case, backend, dtype):
     _check_case(case, backend, dtype, "cpu")
 
@@ -249,7 +252,8 @@ LAYER_CASES = [CPU_CASES[1], CPU_CASES[3], CPU_CASES[6], CPU_CASES[8]]
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton", "triton_fused")))
+@pytest.mark.parametrize(("backend", "dtype"),
+                         _backend_dtypes(("torch", "torch-segments", "triton", "triton_fused", "cpu")))
 def test_layer_grid_matches_float64_reference(case, backend, dtype):
     """The whole layer (base GEMM + delta) and every gradient, the weight's and the bias' included."""
     _check_layer_case(case, backend, dtype, "cpu")
@@ -306,7 +310,7 @@ def test_gradcheck_float64_torch_backend():
 
 
 @pytest.mark.parametrize("pattern", ["none", "mixed"])
-@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton")))
+@pytest.mark.parametrize(("backend", "dtype"), _backend_dtypes(("torch", "torch-segments", "triton", "cpu")))
 def test_rows_without_adapter_keep_the_base_output_bit_for_bit(pattern, backend, dtype):
     _require_backend(backend)
     case = Case(21, 33, 65, 8, 3, 4, 2, pattern, "row")
