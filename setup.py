@@ -81,18 +81,21 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    options = {"depends": glob.glob("csrc/*.h"), "extra_link_args": ["-fopenmp"]}
+    # OpenMP lets at::parallel_for in the CPU kernels use torch's threads (GCC on Linux, as torch's own wheels); elsewhere
+    # the kernels run on one thread.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    options = {"depends": glob.glob("csrc/*.h"), "extra_link_args": openmp}
     if reason is None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
         _say("building lora_route._C (CUDA and CPU kernels) for "
              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         extension = CUDAExtension(name="lora_route._C", sources=cpu_sources + sorted(glob.glob("csrc/*.cu")),
-                                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]}, **options)
+                                  extra_compile_args={"cxx": ["-O3", *openmp], "nvcc": ["-O3"]}, **options)
     else:
         _say(f"building lora_route._C with the CPU kernels only ({reason})")
         extension = CppExtension(name="lora_route._C", sources=cpu_sources,
                                  define_macros=[("LORA_ROUTE_CPU_ONLY", None)],
-                                 extra_compile_args=["-O3", "-fopenmp"], **options)
+                                 extra_compile_args=["-O3", *openmp], **options)
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
