@@ -450,3 +450,25 @@ def test_minimal_run_on_gpu_runs_every_available_backend(tmp_path):
     assert all(r["graph_max_rel_error"] <= AGREEMENT_TOLERANCE[torch.float32] for r in replayed)
     host = [r for r in result["host_overhead"]["results"] if r["provider"] in ("f_linear", "triton", "triton_fused")]
     assert host and all(r["status"] == "ok" and r["wall_us"] > 0 for r in host), host
+
+
+def test_plot_of_a_host_overhead_run_draws_its_host_times(monkeypatch, tmp_path):
+    """The PNG of a run with host times only used to be three empty panels."""
+    from lora_route.bench import plot
+
+    figures = []
+    monkeypatch.setattr(plot, "save_png", lambda fig, path: figures.append(fig))
+    host = [{"layer": layer, "provider": provider, "plan": plan, "status": "ok", "host_us": us}
+            for layer in ("64x64", "640x2048")
+            for provider, plan, us in (("f_linear", None, 8.0), ("torch_dense", True, 150.0),
+                                       ("torch_dense", False, 230.0), ("cpu", True, 37.0), ("cpu", False, 120.0))]
+    host.append({"layer": "64x64", "provider": "cuda", "plan": True, "status": "skipped", "host_us": None})
+    result = {"label": "test", "layer_results": [], "training_results": [], "host_overhead": {"results": host},
+              "settings": {"dtype": "float32"},
+              "environment": {"device_name": "cpu", "torch": "x", "triton": "y", "torch_cuda": None}}
+    plot.write_plot_atomic(result, tmp_path / "run.png")
+    panels = {ax.get_title(): ax for ax in figures[0].axes}
+    for layer in ("64x64", "640x2048"):
+        ax = panels[f"host time per routed_linear call, {layer} (d_in × d_out)"]
+        assert sorted(round(bar.get_height()) for bar in ax.patches) == [8, 37, 120, 150, 230]
+        assert [label.get_text() for label in ax.get_xticklabels()] == ["f_linear", "torch_dense", "cpu"]
