@@ -75,6 +75,8 @@ def test_smoke_host_overhead_section(smoke_run):
     for (layer, provider, plan), row in rows.items():
         if provider in ("triton", "triton_fused", "cuda"):  # never the Triton interpreter's times
             assert row["status"] == "skipped" and "CUDA only" in row["reason"] and row["host_us"] is None
+        elif provider == "cpu" and not cpu_ext.available():
+            assert row["status"] == "skipped" and "the cpu backend is not available" in row["reason"]
         else:
             assert row["status"] == "ok" and row["host_us"] > 0 and row["wall_us"] is None, row
             assert row["ratio_to_f_linear"] == pytest.approx(row["host_us"] / rows[(layer, "f_linear", None)]["host_us"])
