@@ -68,7 +68,7 @@ void check_cpu_order(const at::Tensor& order, const char* name, const at::Tensor
   for (int64_t i = 0; i < active; ++i) {
     const int64_t t = values[i];
     TORCH_CHECK(t >= 0 && t < T && rows[t] >= 0 && !seen[t], kCpuName, ": ", name, "[", i, "] = ", t,
-                " is not an active row not listed before it");
+                " is not an active row, or repeats a row listed before it");
     seen[t] = true;
     TORCH_CHECK(i == 0 || keys[values[i - 1]] <= keys[t], kCpuName, ": ", name, " is not sorted by its index at ", i);
   }

@@ -139,7 +139,7 @@ def test_extension_refuses_an_order_that_is_not_sorted_or_repeats_a_row():
     assert _extension_call(**routes, order_a=torch.tensor([0, 3, 1, 4, 2, 5])).shape == (6, 2)
     with pytest.raises(RuntimeError, match="order_a is not sorted by its index at 3"):
         _extension_call(**routes, order_a=torch.tensor([0, 3, 2, 4, 1, 5]))
-    with pytest.raises(RuntimeError, match=r"order_a\[1\] = 0 is not an active row not listed before it"):
+    with pytest.raises(RuntimeError, match=r"order_a\[1\] = 0 is not an active row, or repeats a row listed before it"):
         _extension_call(**routes, order_a=torch.tensor([0, 0, 1, 4, 2, 5]))
 
 
