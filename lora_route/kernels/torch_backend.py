@@ -86,9 +86,9 @@ def _row_scales(row_scale: Tensor | None, scale: float, active: Tensor, dtype: t
 
 
 # B laid out as (n_b·r, d_out) for the expand GEMM (and the cpu backend's expand), kept per bank tensor while it is
-# unchanged and no graph is recorded (decoding calls the same layer with the same banks at every step). Bypassed while a CUDA graph is being captured, so
-# that the graph derives the layout from B at every replay instead of reading a copy that a later update of B leaves
-# stale.
+# unchanged and no graph is recorded (decoding calls the same layer with the same banks at every step). Bypassed while
+# a CUDA graph is being captured, so that the graph derives the layout from B at every replay instead of reading a copy
+# that a later update of B leaves stale.
 _EXPAND_LAYOUTS: dict[int, tuple[weakref.ref, tuple[int, int], Tensor]] = {}
 
 
