@@ -14,22 +14,25 @@ from torch import Tensor
 
 from lora_route.kernels import torch_backend
 from lora_route.kernels.backend import Backend, RowRoutes
-from lora_route.kernels.extension import load_extension
+from lora_route.kernels.extension import extension_entry
+
+
+def _kernel():
+    """``(lora_route._C.routed_forward_cpu, None)``, or ``(None, why)`` where it is not there."""
+    return extension_entry("routed_forward_cpu",
+                           "this build of lora_route._C has no CPU kernels (rebuild it from this version's csrc/)")
 
 
 def available() -> bool:
     """True when ``lora_route._C`` imports and holds the CPU kernels."""
-    module, _ = load_extension()
-    return module is not None and hasattr(module, "routed_forward_cpu")
+    return _kernel()[0] is not None
 
 
 def unsupported_reason(x: Tensor) -> str | None:
     """Why this backend cannot serve a call on ``x`` (None when it can); every rank is served."""
-    module, why = load_extension()
-    if module is None:
+    kernel, why = _kernel()
+    if kernel is None:
         return why
-    if not hasattr(module, "routed_forward_cpu"):
-        return "this build of lora_route._C has no CPU kernels (rebuild it from this version's csrc/)"
     if x.device.type != "cpu":
         return f"the cpu backend needs CPU tensors; got {x.device.type}"
     if x.dtype != torch.float32:
@@ -63,20 +66,23 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
     reason = unsupported_reason(x)
     if reason is not None:
         raise ValueError(reason)
-    module, _ = load_extension()
+    return _launch(x, A, B, U, row_scale, scale, routes, out)
+
+
+def _launch(x, A, B, U, row_scale, scale, routes: RowRoutes, out) -> Tensor:
+    """:func:`routed_forward` on a call the dispatcher has already found this backend able to serve."""
     a_idx, b_idx, u_idx, order_a, order_b = kernel_routes(routes)
     n_b, d_out, rank = B.shape
     B_t = torch_backend.expand_layout(B).view(n_b, rank, d_out)
     if row_scale is not None:
         row_scale = row_scale.contiguous()  # a 0-d scale reaches here expanded to (T,) with stride 0
-    return module.routed_forward_cpu(x.contiguous(), A.contiguous(), B_t, None if U is None else U.contiguous(),
-                                     row_scale, float(scale), a_idx, b_idx, u_idx if U is not None else None,
-                                     order_a, order_b, out)
+    return _kernel()[0](x.contiguous(), A.contiguous(), B_t, None if U is None else U.contiguous(), row_scale,
+                        float(scale), a_idx, b_idx, u_idx if U is not None else None, order_a, order_b, out)
 
 
 def _forward(x, weight, bias, A, B, U, row_scale, scale, routes: RowRoutes):
     out = torch.nn.functional.linear(x, weight, bias) if weight is not None else x.new_zeros(x.shape[0], B.shape[1])
-    return out, routed_forward(x, A, B, U, row_scale, scale, routes, out)
+    return out, _launch(x, A, B, U, row_scale, scale, routes, out)
 
 
 BACKEND = Backend("cpu", available=available, unsupported_reason=lambda x, weight, rank: unsupported_reason(x),

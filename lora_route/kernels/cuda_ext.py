@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lora_route.kernels.backend import Backend, RowRoutes
-from lora_route.kernels.extension import load_extension
+from lora_route.kernels.extension import extension_entry
 from lora_route.kernels.plan import shape_class
 from lora_route.kernels.torch_backend import dense_backward
 
@@ -27,19 +27,22 @@ KERNELS = ("auto", "gather", "segment")
 MIN_COMPUTE_CAPABILITY = (8, 0)
 
 
+def _kernel():
+    """``(lora_route._C.routed_forward, None)``, or ``(None, why)`` where it is not there."""
+    return extension_entry("routed_forward",
+                           "this build of lora_route._C has no CUDA kernels (it was built without a CUDA toolchain)")
+
+
 def available() -> bool:
     """True when ``lora_route._C`` imports with its CUDA kernels and torch sees a CUDA device."""
-    module, _ = load_extension()
-    return module is not None and hasattr(module, "routed_forward") and torch.cuda.is_available()
+    return _kernel()[0] is not None and torch.cuda.is_available()
 
 
 def unsupported_reason(x: Tensor, rank: int | None = None) -> str | None:
     """Why this backend cannot serve a call on ``x`` (None when it can); every rank is served."""
-    module, why = load_extension()
-    if module is None:
+    kernel, why = _kernel()
+    if kernel is None:
         return why
-    if not hasattr(module, "routed_forward"):
-        return "this build of lora_route._C has no CUDA kernels (it was built without a CUDA toolchain)"
     if x.device.type != "cuda":
         return f"the cuda backend needs CUDA tensors; got {x.device.type}"
     if x.dtype not in CUDA_DTYPES:
@@ -70,12 +73,10 @@ def routed_forward(x: Tensor, A: Tensor, B: Tensor, U: Tensor | None, row_scale:
         gather = shape_class(x.shape[0]) == "decode"
     else:
         gather = kernel == "gather"
-    module, _ = load_extension()
     if row_scale is not None:
         row_scale = row_scale.contiguous()  # a 0-d scale reaches here expanded to (T,) with stride 0
     row_order, segment_starts, segment_routes, _ = plan
-    return module.routed_forward(x, A, B, U, row_scale, float(scale), row_order, segment_starts, segment_routes,
-                                 out, gather)
+    return _kernel()[0](x, A, B, U, row_scale, float(scale), row_order, segment_starts, segment_routes, out, gather)
 
 
 def _forward(x, weight, bias, A, B, U, row_scale, scale, routes: RowRoutes):
