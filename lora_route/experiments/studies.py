@@ -11,6 +11,9 @@
   CrossLoRA (one source expert shared by every language) after stage 1 (English-centric data only), and CrossLoRA /
   LoRA / UniLoRA trained on the pivot pseudo-corpus their own stage 1 generates (CrossLoRA's method), with the
   pseudo stage continued or re-initialised and with or without the language-ID filters.
+- ``any-to-any``: UniLoRA's own setting, stage 2 on k pairs of every non-English direction (none left zero-shot),
+  for LoRA, UniLoRA and CrossLoRA, also with :data:`CONFIRMED_CHANGE`; the stage-2 runs of ``stage2-data`` are the
+  reference.
 - ``confirmation``: the attempt chosen on the three studies' (exploratory) test set, :data:`CONFIRMED_CHANGE`,
   evaluated once on fresh test messages (``StudySize.confirmation_per_direction`` per direction, none of them in
   the exploratory set) against LoRA with the same change and LoRA's default schedule, with its En-centric retention.
@@ -31,7 +34,7 @@ from lora_route.adapters.patch import apply_routed_lora, routed_modules
 from lora_route.adapters.routing import expert_map_from_groups, shared_expert_map
 from lora_route.experiments.study_runs import PseudoSpec, Schedule, StudySize, Variant
 
-STUDY_NAMES = ("stage2-data", "ablations", "zero-shot", "confirmation")
+STUDY_NAMES = ("stage2-data", "ablations", "zero-shot", "any-to-any", "confirmation")
 Direction = tuple[str, str]
 # The attempt of ``stage2-data`` that the confirmation study tests on fresh messages: on the exploratory test set it
 # was the one change of the stage-2 schedule that kept UniLoRA's En-centric BLEU within 1 point of stage 1 while
@@ -267,6 +270,44 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                        for change, name, _ in attempts_rows))
 
 
+def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
+    schedule = Schedule(size)
+    k = size.reference_pairs
+    any_to_any = f"any-to-any k={k}"
+    change = ("stage 2 on k pairs of every non-English direction, UniLoRA's any-to-any stage (default: the supervised "
+              "ones only)")
+    families = (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora),
+                ("CrossLoRA", "crosslora", adapters.crosslora))
+    variants, retention, attempts = [], {}, []
+    for label, family, adapter in families:
+        variants += [Variant(f"{label} k=0", family, adapter, schedule.two_stages(0)),
+                     Variant(f"{label} k={k}", family, adapter, schedule.two_stages(k)),
+                     Variant(f"{label} {any_to_any}", family, adapter, schedule.two_stages(k, any_to_any=True))]
+        retention[f"{label} {any_to_any}"] = f"{label} k=0"
+        baseline = f"LoRA k={k}" if label == "LoRA" else f"LoRA {any_to_any}"
+        attempts.append(Attempt(change, f"{label} {any_to_any}", f"{label} k={k}", baseline))
+    settings = schedule_changes(size)[CONFIRMED_CHANGE]
+    changed = {label: f"{label} {any_to_any}, {_short(CONFIRMED_CHANGE)}" for label in ("UniLoRA", "LoRA")}
+    for label, family, adapter in families[:2]:
+        variants.append(Variant(changed[label], family, adapter,
+                                schedule.two_stages(k, any_to_any=True, **settings)))
+        retention[changed[label]] = f"{label} k=0"
+    attempts.append(Attempt(f"{change}, with {CONFIRMED_CHANGE}", changed["UniLoRA"], f"UniLoRA {any_to_any}",
+                            changed["LoRA"]))
+    comparisons = tuple((a.variant, a.baseline) for a in attempts) + ((changed["UniLoRA"], f"LoRA {any_to_any}"),)
+    return StudyPlan(
+        name="any-to-any", title="Any-to-any stage 2 (UniLoRA Table 1's setting)",
+        question=("Do routed experts win when stage 2 covers every direction, as in UniLoRA's own experiments? "
+                  f"Every method trains stage 1 on the English-centric directions, then stage 2 on k = {k} pairs of "
+                  "every non-English direction (none is zero-shot afterwards) plus replayed stage-1 pairs making up "
+                  f"a third of the stage, for {_epochs(size)}; also with {CONFIRMED_CHANGE}. The stage-2 runs of "
+                  "stage2-data, which train the supervised non-English directions only, are the reference. "
+                  f"{adapters.lora_note}"),
+        variants=tuple(variants), groups={"en_centric": schedule.en_centric,
+                                          "non_english": schedule.supervised + schedule.held_out},
+        comparisons=comparisons, attempts=tuple(attempts), retention=retention)
+
+
 def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     schedule = Schedule(size)
     k = size.reference_pairs
@@ -292,4 +333,4 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {
     "stage2-data": stage2_data_plan, "ablations": ablations_plan, "zero-shot": zero_shot_plan,
-    "confirmation": confirmation_plan}
+    "any-to-any": any_to_any_plan, "confirmation": confirmation_plan}

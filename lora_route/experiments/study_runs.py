@@ -101,8 +101,8 @@ class StudySize:
 
 
 # cpu: the CPU demo's sizes with stage 1 twice as long (96 steps: at the demo's 48 the routed experts have not yet
-# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 3.5 h for
-# the three exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
+# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 3.8 h for
+# the four exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
 # one thread each), then once more for the report. The confirmation set is four (gpu: two) times the exploratory
 # one, drawn from the messages of the gettext test split that the exploratory set leaves.
 STUDY_SIZES = {
@@ -202,18 +202,21 @@ class Schedule:
     def _steps(self, pairs: float) -> int:
         return max(1, math.ceil(self.size.stage2_epochs * pairs / self.size.base.batch_size))
 
-    def stage2(self, pairs: int, *, replay_share: float = DEFAULT_REPLAY_SHARE, lr: float | None = None) -> dict:
-        """Stage 2 on ``pairs`` pairs per supervised non-English direction + replayed stage-1 pairs making up
+    def stage2(self, pairs: int, *, replay_share: float = DEFAULT_REPLAY_SHARE, lr: float | None = None,
+               any_to_any: bool = False) -> dict:
+        """Stage 2 on ``pairs`` pairs per supervised non-English direction (``any_to_any``: per non-English
+        direction, the zero-shot ones included, as UniLoRA's any-to-any stage) + replayed stage-1 pairs making up
         ``replay_share`` of the stage's data, for ``stage2_epochs`` passes; the name records every setting that
         differs from the default."""
         if pairs < 1:
             raise ValueError(f"stage 2 needs >= 1 pair per direction, got {pairs}")
         if not 0 <= replay_share < 1:
             raise ValueError(f"replay_share must be in [0, 1), got {replay_share}")
-        keys = [direction_key(s, t) for s, t in self.supervised]
+        directions = self.supervised + self.held_out if any_to_any else self.supervised
+        keys = [direction_key(s, t) for s, t in directions]
         new_pairs = pairs * len(keys)
         fraction = min(1.0, new_pairs * replay_share / (1 - replay_share) / self.stage1_pairs)
-        name = f"stage2-k{pairs}"
+        name = f"stage2any-k{pairs}" if any_to_any else f"stage2-k{pairs}"
         if replay_share != DEFAULT_REPLAY_SHARE:
             name += f"-replay{round(100 * replay_share)}"
         stage = {"name": name, "directions": keys, "cap_per_direction": pairs,

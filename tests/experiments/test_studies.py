@@ -1,4 +1,4 @@
-"""Studies: schedules and sizes, and the four studies end to end on a tiny random Gemma 3 with two seeds — every
+"""Studies: schedules and sizes, and the five studies end to end on a tiny random Gemma 3 with two seeds — every
 stage trained once and shared, every evaluation reused on a second invocation, reports with pooled and per-seed
 paired bootstrap, the confirmation on test messages the other studies never saw."""
 import json
@@ -58,7 +58,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def studies(toy, tmp_path_factory):
-    """All four studies, two seeds, then all four again: the counters record what each invocation did."""
+    """All five studies, two seeds, then all five again: the counters record what each invocation did."""
     import torch
 
     _, options = toy
@@ -101,12 +101,15 @@ def test_every_stage_is_trained_once_and_every_evaluation_is_reused(studies):
     assert not trained_again and not evaluated_again, "a second invocation must reuse every run"
     unilora = out / "runs" / "unit" / "unilora" / "seed0"
     stages = {p.name for p in unilora.iterdir() if (p / "stage.json").is_file()}
-    assert {"stage1", "stage2-k2", "stage2-k2-replay0", "stage2-k2-replay50", "all-k2"} <= stages
+    assert {"stage1", "stage2-k2", "stage2-k2-replay0", "stage2-k2-replay50", "all-k2", "stage2any-k2",
+            "stage2any-k2-replay0-lr0p0005"} <= stages
     assert sum(key.endswith("unilora/seed0/stage1") for key in trained) == 1      # one stage 1 for all of them
     ablation = {v["name"]: v["runs"][0] for v in reports["ablations"]["variants"]}
     data = {v["name"]: v["runs"][0] for v in reports["stage2-data"]["variants"]}
     assert ablation["UniLoRA"]["key"] == data["UniLoRA k=2"]["key"]                 # the same run, reused
     assert ablation["w/o UniCore"]["key"] == data["CrossLoRA k=2"]["key"]
+    any_to_any = {v["name"]: v["runs"][0] for v in reports["any-to-any"]["variants"]}
+    assert any_to_any["UniLoRA k=2"]["key"] == data["UniLoRA k=2"]["key"]
 
 
 def test_reports_carry_groups_spread_and_pooled_significance(studies):
@@ -148,6 +151,15 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
     assert retention["LoRA k=2, stage-2 replay share 0 %"] == "LoRA k=0"
     assert [run for run in retention if "," not in run] == ["LoRA k=2", "UniLoRA k=2", "CrossLoRA k=2"]
     assert len(reports["zero-shot"]["attempts"]) == 2
+    assert reports["any-to-any"]["groups"] == {"en_centric": ["en-de", "en-zh", "de-en", "zh-en"],
+                                               "non_english": ["de-zh", "zh-de"]}
+    attempts = {a["variant"]: a for a in reports["any-to-any"]["attempts"]}
+    assert (attempts["UniLoRA any-to-any k=2"]["reference"], attempts["UniLoRA any-to-any k=2"]["baseline"]) == (
+        "UniLoRA k=2", "LoRA any-to-any k=2")
+    assert {(c["system"], c["baseline"]) for c in reports["any-to-any"]["comparisons"]} >= {
+        ("UniLoRA any-to-any k=2", "LoRA any-to-any k=2"), ("CrossLoRA any-to-any k=2", "LoRA any-to-any k=2")}
+    assert {r["run"]: r["stage1"] for r in reports["any-to-any"]["retention"]}["CrossLoRA any-to-any k=2"] == (
+        "CrossLoRA k=0")
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
 
 
@@ -261,6 +273,11 @@ def test_matched_lora_rank_and_schedule(toy):
     replay_pairs = small["replay_fraction"] * schedule.stage1_pairs
     assert replay_pairs == pytest.approx((2 * 1) / 2)                                    # a third of stage 2
     assert "replay_from" not in schedule.stage2(2, replay_share=0.0)
+    any_to_any = schedule.stage2(2, any_to_any=True)
+    assert (small["directions"], any_to_any["directions"]) == (["de-zh"], ["de-zh", "zh-de"])
+    assert any_to_any["name"] == "stage2any-k2" and any_to_any["cap_per_direction"] == 2
+    assert any_to_any["replay_fraction"] == pytest.approx(2 * small["replay_fraction"])  # still a third of stage 2
+    assert any_to_any["training"]["max_steps"] > small["training"]["max_steps"]
     assert schedule.stage2(2, lr=2.5e-4)["name"] == "stage2-k2-lr0p00025"
     (one,) = schedule.one_stage(2)
     assert one["training"]["max_steps"] == UNIT.stage1_steps + small["training"]["max_steps"]
