@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", choices=(*STUDY_NAMES, "all"), metavar="NAME",
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
-                        help="cpu (default): ~3.8 h per seed on one core for the four exploratory studies, "
+                        help="cpu (default): ~4.7 h per seed on one core for the four exploratory studies, "
                              "~15 min more for the confirmation; gpu: five languages, full size; tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")

@@ -40,6 +40,8 @@ Direction = tuple[str, str]
 # was the one change of the stage-2 schedule that kept UniLoRA's En-centric BLEU within 1 point of stage 1 while
 # UniLoRA led LoRA with the same change on both non-English directions (docs/results.md).
 CONFIRMED_CHANGE = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
+# How many times the size's stage-1 steps the any-to-any study's longer stage 1 trains.
+LONGER_STAGE1 = 3
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,28 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                        for change, name, _ in attempts_rows))
 
 
+class LongerStage1:
+    """UniLoRA and LoRA after a stage 1 of ``LONGER_STAGE1`` times the size's steps: stage 1 alone (``stage1``),
+    then the any-to-any stage 2 at ``reference_pairs`` (``any_to_any``) and the same with :data:`CONFIRMED_CHANGE`
+    (``changed``); each maps "UniLoRA" / "LoRA" to a variant name, ``variants`` maps every name to its variant.
+    UniLoRA's stage 1 trains 3 epochs of 20k pairs per direction; routed experts, each of which sees only its
+    language's share of the data, may need a longer stage 1 than one shared LoRA."""
+
+    def __init__(self, size: StudySize, adapters: Adapters):
+        self.schedule = Schedule(size, stage1_steps=LONGER_STAGE1 * size.base.stage1_steps)
+        k, suffix = size.reference_pairs, f"stage 1 ×{LONGER_STAGE1}"
+        settings = schedule_changes(size)[CONFIRMED_CHANGE]
+        self.stage1, self.any_to_any, self.changed, self.variants = {}, {}, {}, {}
+        for label, family, adapter in (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora)):
+            self.stage1[label] = f"{label} k=0, {suffix}"
+            self.any_to_any[label] = f"{label} any-to-any k={k}, {suffix}"
+            self.changed[label] = f"{self.any_to_any[label]}, {_short(CONFIRMED_CHANGE)}"
+            for name, stages in ((self.stage1[label], self.schedule.two_stages(0)),
+                                 (self.any_to_any[label], self.schedule.two_stages(k, any_to_any=True)),
+                                 (self.changed[label], self.schedule.two_stages(k, any_to_any=True, **settings))):
+                self.variants[name] = Variant(name, family, adapter, stages)
+
+
 def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     schedule = Schedule(size)
     k = size.reference_pairs
@@ -294,13 +318,25 @@ def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
         retention[changed[label]] = f"{label} k=0"
     attempts.append(Attempt(f"{change}, with {CONFIRMED_CHANGE}", changed["UniLoRA"], f"UniLoRA {any_to_any}",
                             changed["LoRA"]))
-    comparisons = tuple((a.variant, a.baseline) for a in attempts) + ((changed["UniLoRA"], f"LoRA {any_to_any}"),)
+    longer = LongerStage1(size, adapters)
+    variants += longer.variants.values()
+    long_any, long_changed = longer.any_to_any, longer.changed
+    for label in ("LoRA", "UniLoRA"):
+        retention[long_any[label]] = retention[long_changed[label]] = longer.stage1[label]
+    longer_change = f"stage 1 {LONGER_STAGE1} times as long ({longer.schedule.stage1_steps} steps)"
+    attempts += [Attempt(longer_change, long_any["LoRA"], f"LoRA {any_to_any}", f"LoRA {any_to_any}"),
+                 Attempt(longer_change, long_any["UniLoRA"], f"UniLoRA {any_to_any}", long_any["LoRA"]),
+                 Attempt(f"{longer_change}, with {CONFIRMED_CHANGE}", long_changed["UniLoRA"], long_any["UniLoRA"],
+                         long_changed["LoRA"])]
+    comparisons = tuple((a.variant, a.baseline) for a in attempts) + ((changed["UniLoRA"], f"LoRA {any_to_any}"),
+                                                                      (long_changed["UniLoRA"], long_any["LoRA"]))
     return StudyPlan(
         name="any-to-any", title="Any-to-any stage 2 (UniLoRA Table 1's setting)",
         question=("Do routed experts win when stage 2 covers every direction, as in UniLoRA's own experiments? "
                   f"Every method trains stage 1 on the English-centric directions, then stage 2 on k = {k} pairs of "
                   "every non-English direction (none is zero-shot afterwards) plus replayed stage-1 pairs making up "
-                  f"a third of the stage, for {_epochs(size)}; also with {CONFIRMED_CHANGE}. The stage-2 runs of "
+                  f"a third of the stage, for {_epochs(size)}; also with {CONFIRMED_CHANGE}, and after a stage 1 "
+                  f"{LONGER_STAGE1} times as long. The stage-2 runs of "
                   "stage2-data, which train the supervised non-English directions only, are the reference. "
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={"en_centric": schedule.en_centric,
@@ -314,21 +350,32 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     settings = schedule_changes(size)[CONFIRMED_CHANGE]
     candidate, same_change = (f"{label} k={k}, {_short(CONFIRMED_CHANGE)}" for label in ("UniLoRA", "LoRA"))
     default_lora, stage1 = f"LoRA k={k}", "UniLoRA k=0"
+    longer = LongerStage1(size, adapters)
+    second = longer.changed["UniLoRA"]
     variants = (Variant(candidate, "unilora", adapters.unilora, schedule.two_stages(k, **settings)),
                 Variant(same_change, "lora", adapters.lora, schedule.two_stages(k, **settings)),
                 Variant(default_lora, "lora", adapters.lora, schedule.two_stages(k)),
-                Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0)))
+                Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0)),
+                *(longer.variants[name] for name in (second, longer.any_to_any["LoRA"], longer.changed["LoRA"],
+                                                     longer.stage1["LoRA"], longer.stage1["UniLoRA"])))
+    groups = {**_split_groups(schedule), "non_english": schedule.supervised + schedule.held_out}
     return StudyPlan(
         name="confirmation", title="Confirmation on fresh test messages",
-        question=(f"Does the attempt chosen on the exploratory test set hold on messages it has not seen? UniLoRA "
-                  f"with {CONFIRMED_CHANGE} (k = {k}) is evaluated once on {size.confirmation_per_direction} fresh "
-                  "multi-way messages per direction, none of them in the exploratory set, against LoRA with the same "
-                  "change and LoRA with the default stage 2 (a third replayed, stage 1's learning rate), both at "
-                  "matched parameters; its En-centric BLEU is compared with UniLoRA's stage 1 on the same messages. "
-                  f"The runs are those of stage2-data; only the evaluations are new. {adapters.lora_note}"),
-        variants=variants, groups=_split_groups(schedule),
-        comparisons=((candidate, same_change), (candidate, default_lora)),
-        retention={candidate: stage1}, test_set="confirmation")
+        question=(f"Do the attempts chosen on the exploratory test set hold on messages they have not seen? Each is "
+                  f"evaluated once on {size.confirmation_per_direction} fresh multi-way messages per direction, none "
+                  f"of them in the exploratory set. (1) UniLoRA with {CONFIRMED_CHANGE} (k = {k}, from stage2-data) "
+                  "against LoRA with the same change and LoRA with the default stage 2 (a third replayed, stage 1's "
+                  "learning rate); its En-centric BLEU against UniLoRA's stage 1. (2) From any-to-any: UniLoRA after "
+                  f"a stage 1 {LONGER_STAGE1} times as long and an any-to-any stage 2 with {CONFIRMED_CHANGE}, "
+                  "against LoRA with the same stage 1 and the default any-to-any stage 2, LoRA with the same change, "
+                  "and LoRA's stage 1 alone, on the non-English directions (both trained in its stage 2; the "
+                  "zero_shot group is zero-shot for the runs of (1) only); its En-centric BLEU against its own "
+                  "stage 1. All at matched parameters; the runs are those of the two studies, only the evaluations "
+                  f"are new. {adapters.lora_note}"),
+        variants=variants, groups=groups,
+        comparisons=((candidate, same_change), (candidate, default_lora), (second, longer.any_to_any["LoRA"]),
+                     (second, longer.changed["LoRA"]), (second, longer.stage1["LoRA"])),
+        retention={candidate: stage1, second: longer.stage1["UniLoRA"]}, test_set="confirmation")
 
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {

@@ -101,7 +101,7 @@ class StudySize:
 
 
 # cpu: the CPU demo's sizes with stage 1 twice as long (96 steps: at the demo's 48 the routed experts have not yet
-# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 3.8 h for
+# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 4.7 h for
 # the four exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
 # one thread each), then once more for the report. The confirmation set is four (gpu: two) times the exploratory
 # one, drawn from the messages of the gettext test split that the exploratory set leaves.
@@ -183,13 +183,19 @@ class RunResult:
 
 
 class Schedule:
-    """The raw stages of the studies for one size: stage 1 as in the demo (English-centric, the demo's step budget),
-    stage 2 on k pairs per supervised non-English direction plus replay, one-stage training, and the pseudo stage."""
+    """The raw stages of the studies for one size: stage 1 as in the demo (English-centric, the demo's step budget,
+    or ``stage1_steps``), stage 2 on k pairs per supervised non-English direction plus replay, one-stage training,
+    and the pseudo stage. A stage 1 of other than the demo's steps is named ``stage1-s<steps>``, and the stage 2
+    after it carries that name too, so that both live beside the default ones in a run folder."""
 
-    def __init__(self, size: StudySize):
+    def __init__(self, size: StudySize, stage1_steps: int | None = None):
         self.size = size
         self.en_centric, self.supervised, self.held_out = demo_directions(size.base)
-        self.stage1_cap = max(1, math.ceil(size.base.stage1_steps * size.base.batch_size / len(self.en_centric)))
+        self.stage1_steps = size.base.stage1_steps if stage1_steps is None else stage1_steps
+        if isinstance(self.stage1_steps, bool) or not isinstance(self.stage1_steps, int) or self.stage1_steps < 1:
+            raise ValueError(f"stage1_steps must be an int >= 1, got {stage1_steps!r}")
+        self.stage1_name = "stage1" if self.stage1_steps == size.base.stage1_steps else f"stage1-s{self.stage1_steps}"
+        self.stage1_cap = max(1, math.ceil(self.stage1_steps * size.base.batch_size / len(self.en_centric)))
 
     @property
     def stage1_pairs(self) -> int:
@@ -197,7 +203,7 @@ class Schedule:
 
     def stage1(self) -> dict:
         base = self.size.base
-        return budget_stage("stage1", "en_centric", base.stage1_steps, len(self.en_centric), base.batch_size)
+        return budget_stage(self.stage1_name, "en_centric", self.stage1_steps, len(self.en_centric), base.batch_size)
 
     def _steps(self, pairs: float) -> int:
         return max(1, math.ceil(self.size.stage2_epochs * pairs / self.size.base.batch_size))
@@ -217,12 +223,14 @@ class Schedule:
         new_pairs = pairs * len(keys)
         fraction = min(1.0, new_pairs * replay_share / (1 - replay_share) / self.stage1_pairs)
         name = f"stage2any-k{pairs}" if any_to_any else f"stage2-k{pairs}"
+        if self.stage1_name != "stage1":
+            name += f"-{self.stage1_name}"
         if replay_share != DEFAULT_REPLAY_SHARE:
             name += f"-replay{round(100 * replay_share)}"
         stage = {"name": name, "directions": keys, "cap_per_direction": pairs,
                  "training": {"max_steps": self._steps(new_pairs + fraction * self.stage1_pairs)}}
         if fraction > 0:
-            stage.update(replay_from="stage1", replay_fraction=fraction)
+            stage.update(replay_from=self.stage1_name, replay_fraction=fraction)
         if lr is not None:
             stage["name"] += f"-lr{lr:g}".replace(".", "p")
             stage["training"]["lr"] = lr

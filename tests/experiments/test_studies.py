@@ -102,7 +102,7 @@ def test_every_stage_is_trained_once_and_every_evaluation_is_reused(studies):
     unilora = out / "runs" / "unit" / "unilora" / "seed0"
     stages = {p.name for p in unilora.iterdir() if (p / "stage.json").is_file()}
     assert {"stage1", "stage2-k2", "stage2-k2-replay0", "stage2-k2-replay50", "all-k2", "stage2any-k2",
-            "stage2any-k2-replay0-lr0p0005"} <= stages
+            "stage2any-k2-replay0-lr0p0005", "stage1-s6", "stage2any-k2-stage1-s6"} <= stages
     assert sum(key.endswith("unilora/seed0/stage1") for key in trained) == 1      # one stage 1 for all of them
     ablation = {v["name"]: v["runs"][0] for v in reports["ablations"]["variants"]}
     data = {v["name"]: v["runs"][0] for v in reports["stage2-data"]["variants"]}
@@ -158,8 +158,12 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
         "UniLoRA k=2", "LoRA any-to-any k=2")
     assert {(c["system"], c["baseline"]) for c in reports["any-to-any"]["comparisons"]} >= {
         ("UniLoRA any-to-any k=2", "LoRA any-to-any k=2"), ("CrossLoRA any-to-any k=2", "LoRA any-to-any k=2")}
-    assert {r["run"]: r["stage1"] for r in reports["any-to-any"]["retention"]}["CrossLoRA any-to-any k=2"] == (
-        "CrossLoRA k=0")
+    retention = {r["run"]: r["stage1"] for r in reports["any-to-any"]["retention"]}
+    assert retention["CrossLoRA any-to-any k=2"] == "CrossLoRA k=0"
+    assert retention["UniLoRA any-to-any k=2, stage 1 ×3"] == "UniLoRA k=0, stage 1 ×3"
+    longer = attempts["UniLoRA any-to-any k=2, stage 1 ×3"]
+    assert (longer["change"], longer["reference"], longer["baseline"]) == (
+        "stage 1 3 times as long (6 steps)", "UniLoRA any-to-any k=2", "LoRA any-to-any k=2, stage 1 ×3")
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
 
 
@@ -174,22 +178,27 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
     _, options = toy
     report = reports["confirmation"]
     assert report["test_set"] == "confirmation" and reports["stage2-data"]["test_set"] == "exploratory"
-    candidate = "UniLoRA k=2, stage-2 replay share 0 % and learning rate ½ of stage 1's"
-    same_change = "LoRA k=2, stage-2 replay share 0 % and learning rate ½ of stage 1's"
-    assert [v["name"] for v in report["variants"]] == [candidate, same_change, "LoRA k=2", "UniLoRA k=0"]
-    assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == [(candidate, same_change),
-                                                                            (candidate, "LoRA k=2")]
-    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [(candidate, "UniLoRA k=0")]
+    change = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
+    candidate, same_change = f"UniLoRA k=2, {change}", f"LoRA k=2, {change}"
+    second = f"UniLoRA any-to-any k=2, stage 1 ×3, {change}"
+    longer = ("LoRA any-to-any k=2, stage 1 ×3", f"LoRA any-to-any k=2, stage 1 ×3, {change}", "LoRA k=0, stage 1 ×3")
+    assert [v["name"] for v in report["variants"]] == [candidate, same_change, "LoRA k=2", "UniLoRA k=0", second,
+                                                       *longer, "UniLoRA k=0, stage 1 ×3"]
+    assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == [
+        (candidate, same_change), (candidate, "LoRA k=2"), *((second, baseline) for baseline in longer)]
+    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [(candidate, "UniLoRA k=0"),
+                                                                      (second, "UniLoRA k=0, stage 1 ×3")]
+    assert report["groups"]["non_english"] == ["de-zh", "zh-de"]
     fresh = _english_messages([vars(p) for p in options["confirmation_pairs"]])
     seen = _english_messages([vars(p) for p in options["test_pairs"]])
-    data_runs = {v["name"]: v["runs"] for v in reports["stage2-data"]["variants"]}
+    data_runs = {v["name"]: v["runs"] for study in ("stage2-data", "any-to-any") for v in reports[study]["variants"]}
     for variant in report["variants"]:
         for run, data_run in zip(variant["runs"], data_runs[variant["name"]]):
             assert "study_eval_confirmation" in run["outputs_path"] and run["key"] != data_run["key"]
-            assert run["training"] == data_run["training"]          # the stage-2-data runs, not trained again
+            assert run["training"] == data_run["training"]          # the exploratory runs, not trained again
             outputs = [json.loads(line) for line in open(run["outputs_path"], encoding="utf-8")]
             assert _english_messages(outputs) == fresh and not fresh & seen
-    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 8        # 4 variants × 2 seeds
+    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 18       # 9 variants × 2 seeds
     assert (out / "confirmation_test.jsonl").is_file() and (out / "test.jsonl").is_file()
     assert "2 multi-way messages per direction, gettext test split, confirmation set" in (
         written["confirmation"]["markdown"].read_text())
@@ -278,6 +287,14 @@ def test_matched_lora_rank_and_schedule(toy):
     assert any_to_any["name"] == "stage2any-k2" and any_to_any["cap_per_direction"] == 2
     assert any_to_any["replay_fraction"] == pytest.approx(2 * small["replay_fraction"])  # still a third of stage 2
     assert any_to_any["training"]["max_steps"] > small["training"]["max_steps"]
+    longer = Schedule(SIZE, stage1_steps=4)
+    assert (longer.stage1()["name"], longer.stage1()["training"]["max_steps"]) == ("stage1-s4", 4)
+    after = longer.stage2(2)        # the stage 2 after a longer stage 1 replays it and is named after it
+    assert (after["name"], after["replay_from"]) == ("stage2-k2-stage1-s4", "stage1-s4")
+    assert Schedule(SIZE, stage1_steps=UNIT.stage1_steps).stage1() == Schedule(SIZE).stage1()
+    for wrong in (0, 2.0, True):
+        with pytest.raises(ValueError, match="stage1_steps must be an int >= 1"):
+            Schedule(SIZE, stage1_steps=wrong)
     assert schedule.stage2(2, lr=2.5e-4)["name"] == "stage2-k2-lr0p00025"
     (one,) = schedule.one_stage(2)
     assert one["training"]["max_steps"] == UNIT.stage1_steps + small["training"]["max_steps"]
