@@ -12,12 +12,14 @@
   LoRA / UniLoRA trained on the pivot pseudo-corpus their own stage 1 generates (CrossLoRA's method), with the
   pseudo stage continued or re-initialised and with or without the language-ID filters.
 - ``any-to-any``: UniLoRA's own setting, stage 2 on k pairs of every non-English direction (none left zero-shot),
-  for LoRA, UniLoRA and CrossLoRA, also with :data:`CONFIRMED_CHANGE`; the stage-2 runs of ``stage2-data`` are the
+  for LoRA, UniLoRA and CrossLoRA, also with :data:`CONFIRMED_CHANGE`, and for UniLoRA and LoRA after a stage 1 of
+  :data:`LONGER_STAGE1` times the steps (:class:`LongerStage1`); the stage-2 runs of ``stage2-data`` are the
   reference.
-- ``confirmation``: the attempt chosen on the three studies' (exploratory) test set, :data:`CONFIRMED_CHANGE`,
-  evaluated once on fresh test messages (``StudySize.confirmation_per_direction`` per direction, none of them in
-  the exploratory set) against LoRA with the same change and LoRA's default schedule, with its En-centric retention.
-  The same trained runs as ``stage2-data``; only the evaluations are new.
+- ``confirmation``: the attempts chosen on the exploratory test set, evaluated once on fresh test messages
+  (``StudySize.confirmation_per_direction`` per direction, none of them in the exploratory set): UniLoRA with
+  :data:`CONFIRMED_CHANGE` against LoRA with the same change and LoRA's default schedule, and the same change after
+  the longer stage 1 against the LoRAs of :class:`LongerStage1`, each with its En-centric retention. The trained
+  runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
 
 Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
 parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused
@@ -336,8 +338,8 @@ def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"Every method trains stage 1 on the English-centric directions, then stage 2 on k = {k} pairs of "
                   "every non-English direction (none is zero-shot afterwards) plus replayed stage-1 pairs making up "
                   f"a third of the stage, for {_epochs(size)}; also with {CONFIRMED_CHANGE}, and after a stage 1 "
-                  f"{LONGER_STAGE1} times as long. The stage-2 runs of "
-                  "stage2-data, which train the supervised non-English directions only, are the reference. "
+                  f"{LONGER_STAGE1} times as long. The stage-2 runs of stage2-data, which train the supervised "
+                  "non-English directions only, are the reference. "
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={"en_centric": schedule.en_centric,
                                           "non_english": schedule.supervised + schedule.held_out},
