@@ -258,7 +258,6 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     comparisons = [(v.name, "LoRA") for v in variants if v.name != "LoRA"]
     comparisons += [("CrossLoRA + pseudo-corpus", "LoRA + pseudo-corpus"),
                     ("UniLoRA + pseudo-corpus", "LoRA + pseudo-corpus")]
-    non_english = schedule.supervised + schedule.held_out
     return StudyPlan(
         name="zero-shot", title="Zero-shot non-English directions",
         question=("Do routed target experts translate directions with no real parallel data? Every run trains "
@@ -268,7 +267,7 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"rules), and train on them plus a third replay for {_epochs(size)}. "
                   "Target-routed CrossLoRA shares one source expert across languages and routes only the target. "
                   f"{adapters.lora_note}"),
-        variants=tuple(variants), groups={"en_centric": schedule.en_centric, "zero_shot": non_english},
+        variants=tuple(variants), groups={"en_centric": schedule.en_centric, "zero_shot": schedule.non_english},
         comparisons=tuple(comparisons),
         attempts=tuple(Attempt(change, name, "CrossLoRA + pseudo-corpus", "LoRA")
                        for change, name, _ in attempts_rows))
@@ -342,7 +341,7 @@ def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   "non-English directions only, are the reference. "
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={"en_centric": schedule.en_centric,
-                                          "non_english": schedule.supervised + schedule.held_out},
+                                          "non_english": schedule.non_english},
         comparisons=comparisons, attempts=tuple(attempts), retention=retention)
 
 
@@ -360,7 +359,7 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                 Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0)),
                 *(longer.variants[name] for name in (second, longer.any_to_any["LoRA"], longer.changed["LoRA"],
                                                      longer.stage1["LoRA"], longer.stage1["UniLoRA"])))
-    groups = {**_split_groups(schedule), "non_english": schedule.supervised + schedule.held_out}
+    groups = {**_split_groups(schedule), "non_english": schedule.non_english}
     return StudyPlan(
         name="confirmation", title="Confirmation on fresh test messages",
         question=(f"Do the attempts chosen on the exploratory test set hold on messages they have not seen? Each is "

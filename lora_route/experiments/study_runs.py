@@ -191,6 +191,7 @@ class Schedule:
     def __init__(self, size: StudySize, stage1_steps: int | None = None):
         self.size = size
         self.en_centric, self.supervised, self.held_out = demo_directions(size.base)
+        self.non_english = self.supervised + self.held_out
         self.stage1_steps = size.base.stage1_steps if stage1_steps is None else stage1_steps
         if isinstance(self.stage1_steps, bool) or not isinstance(self.stage1_steps, int) or self.stage1_steps < 1:
             raise ValueError(f"stage1_steps must be an int >= 1, got {stage1_steps!r}")
@@ -218,7 +219,7 @@ class Schedule:
             raise ValueError(f"stage 2 needs >= 1 pair per direction, got {pairs}")
         if not 0 <= replay_share < 1:
             raise ValueError(f"replay_share must be in [0, 1), got {replay_share}")
-        directions = self.supervised + self.held_out if any_to_any else self.supervised
+        directions = self.non_english if any_to_any else self.supervised
         keys = [direction_key(s, t) for s, t in directions]
         new_pairs = pairs * len(keys)
         fraction = min(1.0, new_pairs * replay_share / (1 - replay_share) / self.stage1_pairs)
