@@ -18,8 +18,9 @@
 - ``confirmation``: the attempts chosen on the exploratory test set, evaluated once on fresh test messages
   (``StudySize.confirmation_per_direction`` per direction, none of them in the exploratory set): UniLoRA with
   :data:`CONFIRMED_CHANGE` against LoRA with the same change and LoRA's default schedule, and the same change after
-  the longer stage 1 against the LoRAs of :class:`LongerStage1`, each with its En-centric retention. The trained
-  runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
+  the longer stage 1 against the LoRAs of :class:`LongerStage1`, and UniLoRA after the longer stage 1 and the
+  default any-to-any stage 2 (UniLoRA Table 1's comparison) against LoRA trained the same way, each with its
+  En-centric retention. The trained runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
 
 Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
 parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused
@@ -352,13 +353,13 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     candidate, same_change = (f"{label} k={k}, {_short(CONFIRMED_CHANGE)}" for label in ("UniLoRA", "LoRA"))
     default_lora, stage1 = f"LoRA k={k}", "UniLoRA k=0"
     longer = LongerStage1(size, adapters)
-    second = longer.changed["UniLoRA"]
+    second, third = longer.changed["UniLoRA"], longer.any_to_any["UniLoRA"]
     variants = (Variant(candidate, "unilora", adapters.unilora, schedule.two_stages(k, **settings)),
                 Variant(same_change, "lora", adapters.lora, schedule.two_stages(k, **settings)),
                 Variant(default_lora, "lora", adapters.lora, schedule.two_stages(k)),
                 Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0)),
                 *(longer.variants[name] for name in (second, longer.any_to_any["LoRA"], longer.changed["LoRA"],
-                                                     longer.stage1["LoRA"], longer.stage1["UniLoRA"])))
+                                                     longer.stage1["LoRA"], longer.stage1["UniLoRA"], third)))
     groups = {**_split_groups(schedule), "non_english": schedule.non_english}
     return StudyPlan(
         name="confirmation", title="Confirmation on fresh test messages",
@@ -371,12 +372,16 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   "against LoRA with the same stage 1 and the default any-to-any stage 2, LoRA with the same change, "
                   "and LoRA's stage 1 alone, on the non-English directions (both trained in its stage 2; the "
                   "zero_shot group is zero-shot for the runs of (1) only); its En-centric BLEU against its own "
-                  "stage 1. All at matched parameters; the runs are those of the two studies, only the evaluations "
-                  f"are new. {adapters.lora_note}"),
+                  "stage 1. (3) UniLoRA Table 1's own comparison, from any-to-any: UniLoRA after the longer stage 1 "
+                  "and the default any-to-any stage 2 against LoRA trained the same way and LoRA's stage 1 alone; "
+                  "its En-centric BLEU against its own stage 1. All at matched parameters; the runs are those of the "
+                  f"two studies, only the evaluations are new. {adapters.lora_note}"),
         variants=variants, groups=groups,
         comparisons=((candidate, same_change), (candidate, default_lora), (second, longer.any_to_any["LoRA"]),
-                     (second, longer.changed["LoRA"]), (second, longer.stage1["LoRA"])),
-        retention={candidate: stage1, second: longer.stage1["UniLoRA"]}, test_set="confirmation")
+                     (second, longer.changed["LoRA"]), (second, longer.stage1["LoRA"]),
+                     (third, longer.any_to_any["LoRA"]), (third, longer.stage1["LoRA"])),
+        retention={candidate: stage1, second: longer.stage1["UniLoRA"], third: longer.stage1["UniLoRA"]},
+        test_set="confirmation")
 
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {

@@ -180,14 +180,15 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
     assert report["test_set"] == "confirmation" and reports["stage2-data"]["test_set"] == "exploratory"
     change = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
     candidate, same_change = f"UniLoRA k=2, {change}", f"LoRA k=2, {change}"
-    second = f"UniLoRA any-to-any k=2, stage 1 ×3, {change}"
+    second, third = f"UniLoRA any-to-any k=2, stage 1 ×3, {change}", "UniLoRA any-to-any k=2, stage 1 ×3"
     longer = ("LoRA any-to-any k=2, stage 1 ×3", f"LoRA any-to-any k=2, stage 1 ×3, {change}", "LoRA k=0, stage 1 ×3")
     assert [v["name"] for v in report["variants"]] == [candidate, same_change, "LoRA k=2", "UniLoRA k=0", second,
-                                                       *longer, "UniLoRA k=0, stage 1 ×3"]
+                                                       *longer, "UniLoRA k=0, stage 1 ×3", third]
     assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == [
-        (candidate, same_change), (candidate, "LoRA k=2"), *((second, baseline) for baseline in longer)]
-    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [(candidate, "UniLoRA k=0"),
-                                                                      (second, "UniLoRA k=0, stage 1 ×3")]
+        (candidate, same_change), (candidate, "LoRA k=2"), *((second, baseline) for baseline in longer),
+        (third, longer[0]), (third, longer[2])]
+    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [
+        (candidate, "UniLoRA k=0"), (second, "UniLoRA k=0, stage 1 ×3"), (third, "UniLoRA k=0, stage 1 ×3")]
     assert report["groups"]["non_english"] == ["de-zh", "zh-de"]
     fresh = _english_messages([vars(p) for p in options["confirmation_pairs"]])
     seen = _english_messages([vars(p) for p in options["test_pairs"]])
@@ -198,7 +199,7 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
             assert run["training"] == data_run["training"]          # the exploratory runs, not trained again
             outputs = [json.loads(line) for line in open(run["outputs_path"], encoding="utf-8")]
             assert _english_messages(outputs) == fresh and not fresh & seen
-    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 18       # 9 variants × 2 seeds
+    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 20       # 10 variants × 2 seeds
     assert (out / "confirmation_test.jsonl").is_file() and (out / "test.jsonl").is_file()
     assert "2 multi-way messages per direction, gettext test split, confirmation set" in (
         written["confirmation"]["markdown"].read_text())
