@@ -12,15 +12,15 @@
   LoRA / UniLoRA trained on the pivot pseudo-corpus their own stage 1 generates (CrossLoRA's method), with the
   pseudo stage continued or re-initialised and with or without the language-ID filters.
 - ``any-to-any``: UniLoRA's own setting, stage 2 on k pairs of every non-English direction (none left zero-shot),
-  for LoRA, UniLoRA and CrossLoRA, also with :data:`CONFIRMED_CHANGE`, and for UniLoRA and LoRA after a stage 1 of
-  :data:`LONGER_STAGE1` times the steps (:class:`LongerStage1`); the stage-2 runs of ``stage2-data`` are the
+  for LoRA, UniLoRA and CrossLoRA, also with :data:`CONFIRMED_CHANGE`, and for UniLoRA and LoRA after stage 1s of
+  each of :data:`LONGER_STAGE1` times the steps (:class:`LongerStage1`); the stage-2 runs of ``stage2-data`` are the
   reference.
 - ``confirmation``: the attempts chosen on the exploratory test set, evaluated once on fresh test messages
   (``StudySize.confirmation_per_direction`` per direction, none of them in the exploratory set): UniLoRA with
-  :data:`CONFIRMED_CHANGE` against LoRA with the same change and LoRA's default schedule, and the same change after
-  the longer stage 1 against the LoRAs of :class:`LongerStage1`, and UniLoRA after the longer stage 1 and the
-  default any-to-any stage 2 (UniLoRA Table 1's comparison) against LoRA trained the same way, each with its
-  En-centric retention. The trained runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
+  :data:`CONFIRMED_CHANGE` against LoRA with the same change and LoRA's default schedule; after each longer stage 1,
+  the same change against the LoRAs of :class:`LongerStage1`, and UniLoRA with the default any-to-any stage 2
+  (UniLoRA Table 1's comparison) against LoRA trained the same way; each with its En-centric retention. The trained
+  runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
 
 Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
 parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused
@@ -43,8 +43,8 @@ Direction = tuple[str, str]
 # was the one change of the stage-2 schedule that kept UniLoRA's En-centric BLEU within 1 point of stage 1 while
 # UniLoRA led LoRA with the same change on both non-English directions (docs/results.md).
 CONFIRMED_CHANGE = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
-# How many times the size's stage-1 steps the any-to-any study's longer stage 1 trains.
-LONGER_STAGE1 = 3
+# How many times the size's stage-1 steps the any-to-any study's longer stage 1s train.
+LONGER_STAGE1 = (3, 6)
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,11 @@ class Adapters:
     @property
     def grouped(self) -> dict[str, int]:
         return expert_map_from_groups(self.languages)
+
+
+def _times(factors: tuple[int, ...]) -> str:
+    """(3, 6) → "3 or 6"."""
+    return " or ".join(map(str, factors))
 
 
 def _epochs(size: StudySize) -> str:
@@ -275,15 +280,16 @@ def zero_shot_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
 
 
 class LongerStage1:
-    """UniLoRA and LoRA after a stage 1 of ``LONGER_STAGE1`` times the size's steps: stage 1 alone (``stage1``),
-    then the any-to-any stage 2 at ``reference_pairs`` (``any_to_any``) and the same with :data:`CONFIRMED_CHANGE`
+    """UniLoRA and LoRA after a stage 1 of ``factor`` times the size's steps: stage 1 alone (``stage1``), then the
+    any-to-any stage 2 at ``reference_pairs`` (``any_to_any``) and the same with :data:`CONFIRMED_CHANGE`
     (``changed``); each maps "UniLoRA" / "LoRA" to a variant name, ``variants`` maps every name to its variant.
     UniLoRA's stage 1 trains 3 epochs of 20k pairs per direction; routed experts, each of which sees only its
     language's share of the data, may need a longer stage 1 than one shared LoRA."""
 
-    def __init__(self, size: StudySize, adapters: Adapters):
-        self.schedule = Schedule(size, stage1_steps=LONGER_STAGE1 * size.base.stage1_steps)
-        k, suffix = size.reference_pairs, f"stage 1 ×{LONGER_STAGE1}"
+    def __init__(self, size: StudySize, adapters: Adapters, factor: int):
+        self.factor = factor
+        self.schedule = Schedule(size, stage1_steps=factor * size.base.stage1_steps)
+        k, suffix = size.reference_pairs, f"stage 1 ×{factor}"
         settings = schedule_changes(size)[CONFIRMED_CHANGE]
         self.stage1, self.any_to_any, self.changed, self.variants = {}, {}, {}, {}
         for label, family, adapter in (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora)):
@@ -320,25 +326,27 @@ def any_to_any_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
         retention[changed[label]] = f"{label} k=0"
     attempts.append(Attempt(f"{change}, with {CONFIRMED_CHANGE}", changed["UniLoRA"], f"UniLoRA {any_to_any}",
                             changed["LoRA"]))
-    longer = LongerStage1(size, adapters)
-    variants += longer.variants.values()
-    long_any, long_changed = longer.any_to_any, longer.changed
-    for label in ("LoRA", "UniLoRA"):
-        retention[long_any[label]] = retention[long_changed[label]] = longer.stage1[label]
-    longer_change = f"stage 1 {LONGER_STAGE1} times as long ({longer.schedule.stage1_steps} steps)"
-    attempts += [Attempt(longer_change, long_any["LoRA"], f"LoRA {any_to_any}", f"LoRA {any_to_any}"),
-                 Attempt(longer_change, long_any["UniLoRA"], f"UniLoRA {any_to_any}", long_any["LoRA"]),
-                 Attempt(f"{longer_change}, with {CONFIRMED_CHANGE}", long_changed["UniLoRA"], long_any["UniLoRA"],
-                         long_changed["LoRA"])]
-    comparisons = tuple((a.variant, a.baseline) for a in attempts) + ((changed["UniLoRA"], f"LoRA {any_to_any}"),
-                                                                      (long_changed["UniLoRA"], long_any["LoRA"]))
+    extra_comparisons = [(changed["UniLoRA"], f"LoRA {any_to_any}")]
+    for factor in LONGER_STAGE1:
+        longer = LongerStage1(size, adapters, factor)
+        variants += longer.variants.values()
+        long_any, long_changed = longer.any_to_any, longer.changed
+        for label in ("LoRA", "UniLoRA"):
+            retention[long_any[label]] = retention[long_changed[label]] = longer.stage1[label]
+        longer_change = f"stage 1 {factor} times as long ({longer.schedule.stage1_steps} steps)"
+        attempts += [Attempt(longer_change, long_any["LoRA"], f"LoRA {any_to_any}", f"LoRA {any_to_any}"),
+                     Attempt(longer_change, long_any["UniLoRA"], f"UniLoRA {any_to_any}", long_any["LoRA"]),
+                     Attempt(f"{longer_change}, with {CONFIRMED_CHANGE}", long_changed["UniLoRA"],
+                             long_any["UniLoRA"], long_changed["LoRA"])]
+        extra_comparisons.append((long_changed["UniLoRA"], long_any["LoRA"]))
+    comparisons = tuple((a.variant, a.baseline) for a in attempts) + tuple(extra_comparisons)
     return StudyPlan(
         name="any-to-any", title="Any-to-any stage 2 (UniLoRA Table 1's setting)",
         question=("Do routed experts win when stage 2 covers every direction, as in UniLoRA's own experiments? "
                   f"Every method trains stage 1 on the English-centric directions, then stage 2 on k = {k} pairs of "
                   "every non-English direction (none is zero-shot afterwards) plus replayed stage-1 pairs making up "
                   f"a third of the stage, for {_epochs(size)}; also with {CONFIRMED_CHANGE}, and after a stage 1 "
-                  f"{LONGER_STAGE1} times as long. The stage-2 runs of stage2-data, which train the supervised "
+                  f"{_times(LONGER_STAGE1)} times as long. The stage-2 runs of stage2-data, which train the supervised "
                   "non-English directions only, are the reference. "
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={"en_centric": schedule.en_centric,
@@ -352,14 +360,20 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     settings = schedule_changes(size)[CONFIRMED_CHANGE]
     candidate, same_change = (f"{label} k={k}, {_short(CONFIRMED_CHANGE)}" for label in ("UniLoRA", "LoRA"))
     default_lora, stage1 = f"LoRA k={k}", "UniLoRA k=0"
-    longer = LongerStage1(size, adapters)
-    second, third = longer.changed["UniLoRA"], longer.any_to_any["UniLoRA"]
-    variants = (Variant(candidate, "unilora", adapters.unilora, schedule.two_stages(k, **settings)),
+    variants = [Variant(candidate, "unilora", adapters.unilora, schedule.two_stages(k, **settings)),
                 Variant(same_change, "lora", adapters.lora, schedule.two_stages(k, **settings)),
                 Variant(default_lora, "lora", adapters.lora, schedule.two_stages(k)),
-                Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0)),
-                *(longer.variants[name] for name in (second, longer.any_to_any["LoRA"], longer.changed["LoRA"],
-                                                     longer.stage1["LoRA"], longer.stage1["UniLoRA"], third)))
+                Variant(stage1, "unilora", adapters.unilora, schedule.two_stages(0))]
+    comparisons = [(candidate, same_change), (candidate, default_lora)]
+    retention = {candidate: stage1}
+    for factor in LONGER_STAGE1:
+        longer = LongerStage1(size, adapters, factor)
+        changed, any_to_any, lora_stage1 = longer.changed["UniLoRA"], longer.any_to_any["UniLoRA"], longer.stage1["LoRA"]
+        variants += (longer.variants[name] for name in (changed, longer.any_to_any["LoRA"], longer.changed["LoRA"],
+                                                         lora_stage1, longer.stage1["UniLoRA"], any_to_any))
+        comparisons += [(changed, longer.any_to_any["LoRA"]), (changed, longer.changed["LoRA"]),
+                        (changed, lora_stage1), (any_to_any, longer.any_to_any["LoRA"]), (any_to_any, lora_stage1)]
+        retention.update({changed: longer.stage1["UniLoRA"], any_to_any: longer.stage1["UniLoRA"]})
     groups = {**_split_groups(schedule), "non_english": schedule.non_english}
     return StudyPlan(
         name="confirmation", title="Confirmation on fresh test messages",
@@ -367,20 +381,16 @@ def confirmation_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"evaluated once on {size.confirmation_per_direction} fresh multi-way messages per direction, none "
                   f"of them in the exploratory set. (1) UniLoRA with {CONFIRMED_CHANGE} (k = {k}, from stage2-data) "
                   "against LoRA with the same change and LoRA with the default stage 2 (a third replayed, stage 1's "
-                  "learning rate); its En-centric BLEU against UniLoRA's stage 1. (2) From any-to-any: UniLoRA after "
-                  f"a stage 1 {LONGER_STAGE1} times as long and an any-to-any stage 2 with {CONFIRMED_CHANGE}, "
-                  "against LoRA with the same stage 1 and the default any-to-any stage 2, LoRA with the same change, "
-                  "and LoRA's stage 1 alone, on the non-English directions (both trained in its stage 2; the "
-                  "zero_shot group is zero-shot for the runs of (1) only); its En-centric BLEU against its own "
-                  "stage 1. (3) UniLoRA Table 1's own comparison, from any-to-any: UniLoRA after the longer stage 1 "
-                  "and the default any-to-any stage 2 against LoRA trained the same way and LoRA's stage 1 alone; "
-                  "its En-centric BLEU against its own stage 1. All at matched parameters; the runs are those of the "
-                  f"two studies, only the evaluations are new. {adapters.lora_note}"),
-        variants=variants, groups=groups,
-        comparisons=((candidate, same_change), (candidate, default_lora), (second, longer.any_to_any["LoRA"]),
-                     (second, longer.changed["LoRA"]), (second, longer.stage1["LoRA"]),
-                     (third, longer.any_to_any["LoRA"]), (third, longer.stage1["LoRA"])),
-        retention={candidate: stage1, second: longer.stage1["UniLoRA"], third: longer.stage1["UniLoRA"]},
+                  "learning rate); its En-centric BLEU against UniLoRA's stage 1. (2) From any-to-any, after a "
+                  f"stage 1 {_times(LONGER_STAGE1)} times as long: UniLoRA with an any-to-any stage 2 with "
+                  f"{CONFIRMED_CHANGE}, against LoRA with the same stage 1 and the default any-to-any stage 2, LoRA "
+                  "with the same change, and LoRA's stage 1 alone; and UniLoRA with the default any-to-any stage 2 "
+                  "(UniLoRA Table 1's own comparison) against LoRA trained the same way and LoRA's stage 1 alone; "
+                  "on the non-English directions (both trained in their stage 2; the zero_shot group is zero-shot "
+                  "for the runs of (1) only); the En-centric BLEU of each against its own stage 1. All at matched "
+                  f"parameters; the runs are those of the two studies, only the evaluations are new. "
+                  f"{adapters.lora_note}"),
+        variants=tuple(variants), groups=groups, comparisons=tuple(comparisons), retention=retention,
         test_set="confirmation")
 
 

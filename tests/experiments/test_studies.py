@@ -160,10 +160,15 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
         ("UniLoRA any-to-any k=2", "LoRA any-to-any k=2"), ("CrossLoRA any-to-any k=2", "LoRA any-to-any k=2")}
     retention = {r["run"]: r["stage1"] for r in reports["any-to-any"]["retention"]}
     assert retention["CrossLoRA any-to-any k=2"] == "CrossLoRA k=0"
-    assert retention["UniLoRA any-to-any k=2, stage 1 ×3"] == "UniLoRA k=0, stage 1 ×3"
-    longer = attempts["UniLoRA any-to-any k=2, stage 1 ×3"]
-    assert (longer["change"], longer["reference"], longer["baseline"]) == (
-        "stage 1 3 times as long (6 steps)", "UniLoRA any-to-any k=2", "LoRA any-to-any k=2, stage 1 ×3")
+    for factor, steps in ((3, 6), (6, 12)):        # UNIT's stage 1 has 2 steps
+        assert retention[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"] == f"UniLoRA k=0, stage 1 ×{factor}"
+        longer = attempts[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"]
+        assert (longer["change"], longer["reference"], longer["baseline"]) == (
+            f"stage 1 {factor} times as long ({steps} steps)", "UniLoRA any-to-any k=2",
+            f"LoRA any-to-any k=2, stage 1 ×{factor}")
+        stages = {v["name"]: v["runs"][0]["training"] for v in reports["any-to-any"]["variants"]}
+        assert list(stages[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"]) == [
+            f"stage1-s{steps}", f"stage2any-k2-stage1-s{steps}"]
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
 
 
@@ -180,15 +185,19 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
     assert report["test_set"] == "confirmation" and reports["stage2-data"]["test_set"] == "exploratory"
     change = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
     candidate, same_change = f"UniLoRA k=2, {change}", f"LoRA k=2, {change}"
-    second, third = f"UniLoRA any-to-any k=2, stage 1 ×3, {change}", "UniLoRA any-to-any k=2, stage 1 ×3"
-    longer = ("LoRA any-to-any k=2, stage 1 ×3", f"LoRA any-to-any k=2, stage 1 ×3, {change}", "LoRA k=0, stage 1 ×3")
-    assert [v["name"] for v in report["variants"]] == [candidate, same_change, "LoRA k=2", "UniLoRA k=0", second,
-                                                       *longer, "UniLoRA k=0, stage 1 ×3", third]
-    assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == [
-        (candidate, same_change), (candidate, "LoRA k=2"), *((second, baseline) for baseline in longer),
-        (third, longer[0]), (third, longer[2])]
-    assert [(r["run"], r["stage1"]) for r in report["retention"]] == [
-        (candidate, "UniLoRA k=0"), (second, "UniLoRA k=0, stage 1 ×3"), (third, "UniLoRA k=0, stage 1 ×3")]
+    variants, comparisons = [candidate, same_change, "LoRA k=2", "UniLoRA k=0"], [(candidate, same_change),
+                                                                                    (candidate, "LoRA k=2")]
+    retention = [(candidate, "UniLoRA k=0")]
+    for factor in (3, 6):
+        longer = f"stage 1 ×{factor}"
+        changed, any_to_any = f"UniLoRA any-to-any k=2, {longer}, {change}", f"UniLoRA any-to-any k=2, {longer}"
+        loras = (f"LoRA any-to-any k=2, {longer}", f"LoRA any-to-any k=2, {longer}, {change}", f"LoRA k=0, {longer}")
+        variants += [changed, *loras, f"UniLoRA k=0, {longer}", any_to_any]
+        comparisons += [*((changed, lora) for lora in loras), (any_to_any, loras[0]), (any_to_any, loras[2])]
+        retention += [(changed, f"UniLoRA k=0, {longer}"), (any_to_any, f"UniLoRA k=0, {longer}")]
+    assert [v["name"] for v in report["variants"]] == variants
+    assert [(c["system"], c["baseline"]) for c in report["comparisons"]] == comparisons
+    assert [(r["run"], r["stage1"]) for r in report["retention"]] == retention
     assert report["groups"]["non_english"] == ["de-zh", "zh-de"]
     fresh = _english_messages([vars(p) for p in options["confirmation_pairs"]])
     seen = _english_messages([vars(p) for p in options["test_pairs"]])
@@ -199,7 +208,7 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
             assert run["training"] == data_run["training"]          # the exploratory runs, not trained again
             outputs = [json.loads(line) for line in open(run["outputs_path"], encoding="utf-8")]
             assert _english_messages(outputs) == fresh and not fresh & seen
-    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 20       # 10 variants × 2 seeds
+    assert sum("study_eval_confirmation" in folder for folder in evaluated) == 32       # 16 variants × 2 seeds
     assert (out / "confirmation_test.jsonl").is_file() and (out / "test.jsonl").is_file()
     assert "2 multi-way messages per direction, gettext test split, confirmation set" in (
         written["confirmation"]["markdown"].read_text())
