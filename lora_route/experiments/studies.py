@@ -287,7 +287,6 @@ class LongerStage1:
     language's share of the data, may need a longer stage 1 than one shared LoRA."""
 
     def __init__(self, size: StudySize, adapters: Adapters, factor: int):
-        self.factor = factor
         self.schedule = Schedule(size, stage1_steps=factor * size.base.stage1_steps)
         k, suffix = size.reference_pairs, f"stage 1 ×{factor}"
         settings = schedule_changes(size)[CONFIRMED_CHANGE]

@@ -160,13 +160,13 @@ def test_reports_carry_groups_spread_and_pooled_significance(studies):
         ("UniLoRA any-to-any k=2", "LoRA any-to-any k=2"), ("CrossLoRA any-to-any k=2", "LoRA any-to-any k=2")}
     retention = {r["run"]: r["stage1"] for r in reports["any-to-any"]["retention"]}
     assert retention["CrossLoRA any-to-any k=2"] == "CrossLoRA k=0"
+    stages = {v["name"]: v["runs"][0]["training"] for v in reports["any-to-any"]["variants"]}
     for factor, steps in ((3, 6), (6, 12)):        # UNIT's stage 1 has 2 steps
         assert retention[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"] == f"UniLoRA k=0, stage 1 ×{factor}"
         longer = attempts[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"]
         assert (longer["change"], longer["reference"], longer["baseline"]) == (
             f"stage 1 {factor} times as long ({steps} steps)", "UniLoRA any-to-any k=2",
             f"LoRA any-to-any k=2, stage 1 ×{factor}")
-        stages = {v["name"]: v["runs"][0]["training"] for v in reports["any-to-any"]["variants"]}
         assert list(stages[f"UniLoRA any-to-any k=2, stage 1 ×{factor}"]) == [
             f"stage1-s{steps}", f"stage2any-k2-stage1-s{steps}"]
     assert "## Attempts" in written["zero-shot"]["markdown"].read_text()
