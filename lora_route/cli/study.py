@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", choices=(*STUDY_NAMES, "all"), metavar="NAME",
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
-                        help="cpu (default): ~4.7 h per seed on one core for the four exploratory studies, "
-                             "~15 min more for the confirmation; gpu: five languages, full size; tiny: smoke test")
+                        help="cpu (default): ~6.2 h per seed on one core for the four exploratory studies, "
+                             "~1 h more for the confirmation; gpu: five languages, full size; tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,

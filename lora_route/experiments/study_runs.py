@@ -101,7 +101,7 @@ class StudySize:
 
 
 # cpu: the CPU demo's sizes with stage 1 twice as long (96 steps: at the demo's 48 the routed experts have not yet
-# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 4.7 h for
+# learnt the English-centric directions, see docs/results.md) and one stage-2 epoch as in UniLoRA; about 6.2 h for
 # the four exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
 # one thread each), then once more for the report. The confirmation set is four (gpu: two) times the exploratory
 # one, drawn from the messages of the gettext test split that the exploratory set leaves.
