@@ -105,11 +105,20 @@ class StudySize:
 # the four exploratory studies on two cores with the seeds as separate processes (``--seeds 0`` / ``--seeds 1``,
 # one thread each), then once more for the report. The confirmation set is four (gpu: two) times the exploratory
 # one, drawn from the messages of the gettext test split that the exploratory set leaves.
+# cpu5: the cpu size on the gpu size's five languages (de→zh, zh→ru, ru→cs and cs→de supervised in stage 2, the other
+# eight non-English directions zero-shot), stage 1 twice as many steps for twice the English-centric directions (the
+# same pairs per direction), 30 test messages per direction (360 non-English outputs per run); for
+# ``many-languages``, about 1.2 h per seed on one core.
 STUDY_SIZES = {
     "tiny": StudySize("tiny", SIZES["tiny"], seeds=(0,), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
                       pseudo_per_language=2, confirmation_per_direction=2),
     "cpu": StudySize("cpu", replace(SIZES["cpu"], stage1_steps=96), seeds=(0, 1), stage2_pairs=(0, 32, 128, 512),
                      reference_pairs=128, stage2_epochs=1.0, pseudo_per_language=128, confirmation_per_direction=200),
+    "cpu5": StudySize("cpu5", replace(SIZES["cpu"], languages=SIZES["gpu"].languages,
+                                      stage2_directions=SIZES["gpu"].stage2_directions, stage1_steps=192,
+                                      test_per_direction=30),
+                      seeds=(0, 1), stage2_pairs=(0, 128), reference_pairs=128, stage2_epochs=1.0,
+                      pseudo_per_language=128, confirmation_per_direction=100),
     "gpu": StudySize("gpu", SIZES["gpu"], seeds=(0, 1, 2), stage2_pairs=(0, 32, 128, 512), reference_pairs=512,
                      stage2_epochs=1.0, pseudo_per_language=1000, confirmation_per_direction=400),
 }
@@ -304,8 +313,9 @@ class StudyRunner:
 
     # ------------------------------------------------------------------------------------------ inputs
     def test_set(self, name: str = "exploratory") -> list[TranslationPair]:
-        """The multi-way test set ``name`` (one of :data:`TEST_SETS`), written to ``<root>/test.jsonl``
-        (exploratory) or ``<root>/<name>_test.jsonl``."""
+        """The multi-way test set ``name`` (one of :data:`TEST_SETS`), written to ``<root>/runs/<size>/test.jsonl``
+        (exploratory) or ``<root>/runs/<size>/<name>_test.jsonl``, so that sizes with other languages sharing
+        ``root`` each keep their own."""
         if name not in TEST_SETS:
             raise ValueError(f"unknown test set {name!r}; choose one of {', '.join(TEST_SETS)}")
         if name in self._test_sets:
@@ -325,9 +335,8 @@ class StudyRunner:
             if shared:
                 raise ValueError(f"the confirmation test set shares {len(shared)} messages with the exploratory one "
                                  f"(e.g. {sorted(shared)[0]!r}); it must hold fresh messages only")
-        path = self.root / ("test.jsonl" if name == "exploratory" else f"{name}_test.jsonl")
-        if not path.is_file():
-            write_jsonl(path, (asdict(p) for p in pairs))
+        path = self.root / "runs" / self.size.name / ("test.jsonl" if name == "exploratory" else f"{name}_test.jsonl")
+        write_jsonl(path, (asdict(p) for p in pairs))
         self._test_sets[name] = pairs
         return pairs
 
