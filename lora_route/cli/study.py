@@ -1,6 +1,6 @@
 """``lora-route study NAME``: the papers' experiments on the embedded default (stage-2 data requirement, UniLoRA's
-ablations, zero-shot directions) and the confirmation of the chosen attempt on fresh test messages, each writing
-``study.json``, ``study.md`` and ``study.png`` (see :mod:`lora_route.experiments.studies`)."""
+ablations, zero-shot directions, five languages) and the confirmation of the chosen attempt on fresh test messages,
+each writing ``study.json``, ``study.md`` and ``study.png`` (see :mod:`lora_route.experiments.studies`)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
                         help="cpu (default): ~6.2 h per seed on one core for the four exploratory studies, "
-                             "~1 h more for the confirmation; gpu: five languages, full size; tiny: smoke test")
+                             "~1 h more for the confirmation; cpu5: the cpu size on five languages, ~1.2 h per seed "
+                             "for many-languages; gpu: five languages, full size; tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,

@@ -21,6 +21,9 @@
   the same change against the LoRAs of :class:`LongerStage1`, and UniLoRA with the default any-to-any stage 2
   (UniLoRA Table 1's comparison) against LoRA trained the same way; each with its En-centric retention. The trained
   runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
+- ``many-languages``: UniLoRA against LoRA on every language of the size (five at ``--size cpu5``: twelve
+  non-English directions, four supervised in stage 2 and eight zero-shot), with the default stage 2 and with
+  :data:`CONFIRMED_CHANGE`, each with its En-centric retention; its criteria were fixed before its runs trained.
 
 Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
 parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused

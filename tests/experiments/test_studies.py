@@ -110,6 +110,8 @@ def test_every_stage_is_trained_once_and_every_evaluation_is_reused(studies):
     assert ablation["w/o UniCore"]["key"] == data["CrossLoRA k=2"]["key"]
     any_to_any = {v["name"]: v["runs"][0] for v in reports["any-to-any"]["variants"]}
     assert any_to_any["UniLoRA k=2"]["key"] == data["UniLoRA k=2"]["key"]
+    many = {v["name"]: v["runs"][0] for v in reports["many-languages"]["variants"]}
+    assert all(many[name]["key"] == data[name]["key"] for name in many)           # all six are stage2-data runs
 
 
 def test_reports_carry_groups_spread_and_pooled_significance(studies):
@@ -209,7 +211,7 @@ def test_the_confirmation_evaluates_the_chosen_attempt_on_fresh_messages_without
             outputs = [json.loads(line) for line in open(run["outputs_path"], encoding="utf-8")]
             assert _english_messages(outputs) == fresh and not fresh & seen
     assert sum("study_eval_confirmation" in folder for folder in evaluated) == 32       # 16 variants × 2 seeds
-    assert (out / "confirmation_test.jsonl").is_file() and (out / "test.jsonl").is_file()
+    assert (out / "runs" / "unit" / "confirmation_test.jsonl").is_file() and (out / "runs" / "unit" / "test.jsonl").is_file()
     assert "2 multi-way messages per direction, gettext test split, confirmation set" in (
         written["confirmation"]["markdown"].read_text())
 
@@ -226,7 +228,7 @@ def test_a_confirmation_set_that_shares_a_message_with_the_exploratory_set_is_re
         with pytest.raises(ValueError, match="the confirmation test set must be a non-empty sequence of TranslationPair"):
             StudyRunner(tmp_path, SIZE, **{**{k: v for k, v in options.items() if k != "progress"},
                                            "confirmation_pairs": wrong})
-    assert not (tmp_path / "confirmation_test.jsonl").exists()
+    assert not (tmp_path / "runs" / "unit" / "confirmation_test.jsonl").exists()
 
 
 def test_a_confirmation_set_the_corpus_cannot_fill_fails_before_any_training(toy, tmp_path, monkeypatch):
@@ -325,7 +327,8 @@ def test_sizes_and_conflicting_stage_definitions_are_refused(toy, tmp_path):
         replace(SIZE, confirmation_per_direction=0)
     with pytest.raises(ValueError, match="init"):
         PseudoSpec(init="fresh")
-    assert set(STUDY_SIZES) == {"tiny", "cpu", "gpu"} and STUDY_SIZES["cpu"].base.test_per_direction >= 50
+    assert set(STUDY_SIZES) == {"tiny", "cpu", "cpu5", "gpu"} and STUDY_SIZES["cpu"].base.test_per_direction >= 50
+    assert STUDY_SIZES["cpu5"].base.languages == STUDY_SIZES["gpu"].base.languages
     with pytest.raises(ValueError, match="unknown study"):
         run_studies(["everything"], SIZE, tmp_path)
     runner = StudyRunner(tmp_path, SIZE, **{k: v for k, v in options.items() if k != "progress"})
@@ -335,6 +338,33 @@ def test_sizes_and_conflicting_stage_definitions_are_refused(toy, tmp_path):
     changed = {**stage, "training": {"max_steps": 3}}
     with pytest.raises(ValueError, match="defined twice with different settings"):
         runner.recipe(Variant("b", "fam", adapter, (changed,)), 0, [changed])
+
+
+def test_many_languages_compares_unilora_and_lora_on_every_non_english_direction_of_five_languages():
+    size = STUDY_SIZES["cpu5"]
+    plan = PLANS["many-languages"](size, Adapters(size, 80))
+    change = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
+    stage2 = {v.name: v.stages[-1] for v in plan.variants if len(v.stages) == 2}
+    assert [v.name for v in plan.variants] == [f"{label} {k}" for label in ("LoRA", "UniLoRA")
+                                               for k in ("k=0", "k=128", f"k=128, {change}")]
+    assert plan.comparisons == (("UniLoRA k=128", "LoRA k=128"), (f"UniLoRA k=128, {change}", f"LoRA k=128, {change}"),
+                                (f"UniLoRA k=128, {change}", "LoRA k=128"), ("UniLoRA k=0", "LoRA k=0"))
+    assert plan.retention[f"UniLoRA k=128, {change}"] == "UniLoRA k=0"
+    assert {name: len(directions) for name, directions in plan.groups.items()} == {
+        "en_centric": 8, "supervised_non_english": 4, "zero_shot": 8, "non_english": 12}
+    assert stage2["UniLoRA k=128"]["directions"] == ["de-zh", "zh-ru", "ru-cs", "cs-de"]
+    assert "replay_from" not in stage2[f"LoRA k=128, {change}"] and stage2["LoRA k=128"]["replay_fraction"] > 0
+    assert "fixed before any of these runs was trained" in plan.question
+
+
+def test_sizes_sharing_a_folder_keep_their_own_test_sets(toy, tmp_path):
+    _, options = toy
+    given = {k: v for k, v in options.items() if k not in ("progress", "test_pairs")}
+    pairs = options["test_pairs"]
+    for size, test_pairs in ((SIZE, pairs[:6]), (replace(SIZE, name="other"), pairs[6:]), (SIZE, pairs[3:9])):
+        StudyRunner(tmp_path, size, test_pairs=test_pairs, **given).test_set()
+        written = [json.loads(line) for line in (tmp_path / "runs" / size.name / "test.jsonl").open(encoding="utf-8")]
+        assert written == [vars(p) for p in test_pairs]
 
 
 def test_study_command_errors_are_one_line(capsys):
