@@ -23,7 +23,8 @@
   runs of ``stage2-data`` and ``any-to-any``; only the evaluations are new.
 - ``many-languages``: UniLoRA against LoRA on every language of the size (five at ``--size cpu5``: twelve
   non-English directions, four supervised in stage 2 and eight zero-shot), with the default stage 2 and with
-  :data:`CONFIRMED_CHANGE`, each with its En-centric retention; its criteria were fixed before its runs trained.
+  :data:`CONFIRMED_CHANGE` (also with an any-to-any stage 2), each with its En-centric retention; its criteria were
+  fixed before its runs trained.
 
 Every study compares its runs with plain LoRA at matched trainable parameters (rank chosen so that its trainable
 parameter count is closest to UniLoRA's). Runs, stages and evaluations are shared between studies and reused
@@ -405,9 +406,15 @@ def many_languages_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
         names[label] = (f"{label} k=0", f"{label} k={k}", f"{label} k={k}, {_short(CONFIRMED_CHANGE)}")
         stages = (schedule.two_stages(0), schedule.two_stages(k), schedule.two_stages(k, **settings))
         variants += (Variant(name, family, adapter, stage) for name, stage in zip(names[label], stages))
+    any_changed = {}
+    for label, family, adapter in (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora)):
+        any_changed[label] = f"{label} any-to-any k={k}, {_short(CONFIRMED_CHANGE)}"
+        variants.append(Variant(any_changed[label], family, adapter,
+                                schedule.two_stages(k, any_to_any=True, **settings)))
     (lora_stage1, lora_default, lora_changed), (unilora_stage1, unilora_default, unilora_changed) = names.values()
     comparisons = ((unilora_default, lora_default), (unilora_changed, lora_changed), (unilora_changed, lora_default),
-                   (unilora_stage1, lora_stage1))
+                   (unilora_stage1, lora_stage1), (any_changed["UniLoRA"], any_changed["LoRA"]),
+                   (any_changed["UniLoRA"], lora_default))
     return StudyPlan(
         name="many-languages", title="UniLoRA against LoRA on every language of the size, decided before training",
         question=(f"Do routed experts win once there are {len(schedule.non_english)} non-English directions "
@@ -417,12 +424,15 @@ def many_languages_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"{CONFIRMED_CHANGE}. The criteria were fixed before any of these runs was trained, so the test "
                   "set that measures them also decides them: (a) UniLoRA beats LoRA trained the same way in "
                   "non-English BLEU (pooled paired bootstrap, p < 0.05); (b) with the change, UniLoRA beats LoRA "
-                  "with the same change there and keeps its En-centric BLEU within 1 point of its stage 1. "
+                  "with the same change there and keeps its En-centric BLEU within 1 point of its stage 1. Added "
+                  "after (a) and (b) were measured, with its own criterion fixed before its runs trained: (c) as (b) "
+                  f"with an any-to-any stage 2 (k = {k} pairs of every non-English direction, so that every pair of "
+                  "source and target expert trains together). "
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={**_split_groups(schedule), "non_english": schedule.non_english},
         comparisons=comparisons,
-        retention={unilora_default: unilora_stage1, unilora_changed: unilora_stage1,
-                   lora_default: lora_stage1, lora_changed: lora_stage1})
+        retention={unilora_default: unilora_stage1, unilora_changed: unilora_stage1, any_changed["UniLoRA"]:
+                   unilora_stage1, lora_default: lora_stage1, lora_changed: lora_stage1, any_changed["LoRA"]: lora_stage1})
 
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {

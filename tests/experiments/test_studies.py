@@ -111,7 +111,7 @@ def test_every_stage_is_trained_once_and_every_evaluation_is_reused(studies):
     any_to_any = {v["name"]: v["runs"][0] for v in reports["any-to-any"]["variants"]}
     assert any_to_any["UniLoRA k=2"]["key"] == data["UniLoRA k=2"]["key"]
     many = {v["name"]: v["runs"][0] for v in reports["many-languages"]["variants"]}
-    assert all(many[name]["key"] == data[name]["key"] for name in many)           # all six are stage2-data runs
+    assert all(many[name]["key"] == (data.get(name) or any_to_any[name])["key"] for name in many)   # all reused
 
 
 def test_reports_carry_groups_spread_and_pooled_significance(studies):
@@ -345,11 +345,14 @@ def test_many_languages_compares_unilora_and_lora_on_every_non_english_direction
     plan = PLANS["many-languages"](size, Adapters(size, 80))
     change = "stage-2 replay share 0 % and learning rate ½ of stage 1's"
     stage2 = {v.name: v.stages[-1] for v in plan.variants if len(v.stages) == 2}
+    any_to_any = {label: f"{label} any-to-any k=128, {change}" for label in ("LoRA", "UniLoRA")}
     assert [v.name for v in plan.variants] == [f"{label} {k}" for label in ("LoRA", "UniLoRA")
-                                               for k in ("k=0", "k=128", f"k=128, {change}")]
+                                               for k in ("k=0", "k=128", f"k=128, {change}")] + list(any_to_any.values())
     assert plan.comparisons == (("UniLoRA k=128", "LoRA k=128"), (f"UniLoRA k=128, {change}", f"LoRA k=128, {change}"),
-                                (f"UniLoRA k=128, {change}", "LoRA k=128"), ("UniLoRA k=0", "LoRA k=0"))
-    assert plan.retention[f"UniLoRA k=128, {change}"] == "UniLoRA k=0"
+                                (f"UniLoRA k=128, {change}", "LoRA k=128"), ("UniLoRA k=0", "LoRA k=0"),
+                                (any_to_any["UniLoRA"], any_to_any["LoRA"]), (any_to_any["UniLoRA"], "LoRA k=128"))
+    assert plan.retention[f"UniLoRA k=128, {change}"] == plan.retention[any_to_any["UniLoRA"]] == "UniLoRA k=0"
+    assert len(stage2[any_to_any["UniLoRA"]]["directions"]) == 12
     assert {name: len(directions) for name, directions in plan.groups.items()} == {
         "en_centric": 8, "supervised_non_english": 4, "zero_shot": 8, "non_english": 12}
     assert stage2["UniLoRA k=128"]["directions"] == ["de-zh", "zh-ru", "ru-cs", "cs-de"]
