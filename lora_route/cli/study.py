@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"one or more of {', '.join(STUDY_NAMES)}, or all")
     parser.add_argument("--size", choices=sorted(STUDY_SIZES), default="cpu",
                         help="cpu (default): ~6.2 h per seed on one core for the four exploratory studies, "
-                             "~1 h more for the confirmation; cpu5: the cpu size on five languages, ~1.1 h per seed "
+                             "~1 h more for the confirmation; cpu5: the cpu size on five languages, ~1.8 h per seed "
                              "for many-languages; gpu: five languages, full size; tiny: smoke test")
     parser.add_argument("--out", default="reports/studies",
                         help="report folder; runs are kept in <out>/runs and reused (default: reports/studies)")

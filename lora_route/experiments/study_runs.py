@@ -108,7 +108,7 @@ class StudySize:
 # cpu5: the cpu size on the gpu size's five languages (de→zh, zh→ru, ru→cs and cs→de supervised in stage 2, the other
 # eight non-English directions zero-shot), stage 1 twice as many steps for twice the English-centric directions (the
 # same pairs per direction), 30 test messages per direction (360 non-English outputs per run); for
-# ``many-languages``, about 1.1 h per seed on one core.
+# ``many-languages``, about 1.8 h per seed on one core.
 STUDY_SIZES = {
     "tiny": StudySize("tiny", SIZES["tiny"], seeds=(0,), stage2_pairs=(0, 2), reference_pairs=2, stage2_epochs=1.0,
                       pseudo_per_language=2, confirmation_per_direction=2),
