@@ -401,20 +401,18 @@ def many_languages_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
     schedule = Schedule(size)
     k = size.reference_pairs
     settings = schedule_changes(size)[CONFIRMED_CHANGE]
+    changed = _short(CONFIRMED_CHANGE)
     variants, names = [], {}
     for label, family, adapter in (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora)):
-        names[label] = (f"{label} k=0", f"{label} k={k}", f"{label} k={k}, {_short(CONFIRMED_CHANGE)}")
-        stages = (schedule.two_stages(0), schedule.two_stages(k), schedule.two_stages(k, **settings))
+        names[label] = (f"{label} k=0", f"{label} k={k}", f"{label} k={k}, {changed}",
+                        f"{label} any-to-any k={k}, {changed}")
+        stages = (schedule.two_stages(0), schedule.two_stages(k), schedule.two_stages(k, **settings),
+                  schedule.two_stages(k, any_to_any=True, **settings))
         variants += (Variant(name, family, adapter, stage) for name, stage in zip(names[label], stages))
-    any_changed = {}
-    for label, family, adapter in (("LoRA", "lora", adapters.lora), ("UniLoRA", "unilora", adapters.unilora)):
-        any_changed[label] = f"{label} any-to-any k={k}, {_short(CONFIRMED_CHANGE)}"
-        variants.append(Variant(any_changed[label], family, adapter,
-                                schedule.two_stages(k, any_to_any=True, **settings)))
-    (lora_stage1, lora_default, lora_changed), (unilora_stage1, unilora_default, unilora_changed) = names.values()
+    (lora_stage1, lora_default, lora_changed, lora_any), (unilora_stage1, unilora_default, unilora_changed,
+                                                          unilora_any) = names.values()
     comparisons = ((unilora_default, lora_default), (unilora_changed, lora_changed), (unilora_changed, lora_default),
-                   (unilora_stage1, lora_stage1), (any_changed["UniLoRA"], any_changed["LoRA"]),
-                   (any_changed["UniLoRA"], lora_default))
+                   (unilora_stage1, lora_stage1), (unilora_any, lora_any), (unilora_any, lora_default))
     return StudyPlan(
         name="many-languages", title="UniLoRA against LoRA on every language of the size, decided before training",
         question=(f"Do routed experts win once there are {len(schedule.non_english)} non-English directions "
@@ -431,8 +429,8 @@ def many_languages_plan(size: StudySize, adapters: Adapters) -> StudyPlan:
                   f"{adapters.lora_note}"),
         variants=tuple(variants), groups={**_split_groups(schedule), "non_english": schedule.non_english},
         comparisons=comparisons,
-        retention={unilora_default: unilora_stage1, unilora_changed: unilora_stage1, any_changed["UniLoRA"]:
-                   unilora_stage1, lora_default: lora_stage1, lora_changed: lora_stage1, any_changed["LoRA"]: lora_stage1})
+        retention={**{run: unilora_stage1 for run in (unilora_default, unilora_changed, unilora_any)},
+                   **{run: lora_stage1 for run in (lora_default, lora_changed, lora_any)}})
 
 
 PLANS: dict[str, Callable[[StudySize, Adapters], StudyPlan]] = {
