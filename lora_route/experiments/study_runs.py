@@ -335,7 +335,7 @@ class StudyRunner:
             if shared:
                 raise ValueError(f"the confirmation test set shares {len(shared)} messages with the exploratory one "
                                  f"(e.g. {sorted(shared)[0]!r}); it must hold fresh messages only")
-        path = self.root / "runs" / self.size.name / ("test.jsonl" if name == "exploratory" else f"{name}_test.jsonl")
+        path = self.size_dir / ("test.jsonl" if name == "exploratory" else f"{name}_test.jsonl")
         write_jsonl(path, (asdict(p) for p in pairs))
         self._test_sets[name] = pairs
         return pairs
@@ -348,8 +348,13 @@ class StudyRunner:
                                                 directions=[(PIVOT, lang) for lang in languages if lang != PIVOT])
         return self._english
 
+    @property
+    def size_dir(self) -> Path:
+        """``<root>/runs/<size>``: the size's test sets and the run folders of its variants."""
+        return self.root / "runs" / self.size.name
+
     def run_dir(self, variant: Variant, seed: int) -> Path:
-        return self.root / "runs" / self.size.name / variant.family / f"seed{seed}"
+        return self.size_dir / variant.family / f"seed{seed}"
 
     def recipe(self, variant: Variant, seed: int, stages: Sequence[Mapping[str, Any]]) -> RecipeConfig:
         raw = {**recipe_common(self.size.base, self.data, self.model_name, seed),
